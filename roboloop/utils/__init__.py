@@ -1,0 +1,1 @@
+"""Helpers without a domain: atomic file writes, video files."""
