@@ -1,0 +1,1 @@
+"""roboloop's own MuJoCo tasks."""
