@@ -1,0 +1,1 @@
+"""Adapters exposing third-party environments under roboloop's Dict-observation contract."""
