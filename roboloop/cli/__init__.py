@@ -1,0 +1,1 @@
+"""Thin entry points: parse the config, build objects, call the library."""
