@@ -2,13 +2,15 @@
 
 Each command has a dataclass schema (next to the code it configures, validated in ``__post_init__``)
 registered in Hydra's ConfigStore; ``roboloop/configs/<command>.yaml`` holds its preset. Overrides
-use Hydra syntax (``cameras=[front,wrist]``, ``env_kwargs.clearance=0.002``, ``+env_kwargs.x=1``).
+use Hydra syntax (``cameras=[front,wrist]``, ``env_kwargs.clearance=0.002``); keys under a free-form
+dict field (such as ``env_kwargs``) may be added without Hydra's ``+`` prefix.
 The composed config becomes the typed dataclass (``OmegaConf.to_object``), so a wrong key, a wrong
 type or an invalid value stops with one clear line and exit status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import sys
@@ -55,6 +57,10 @@ def compose_config(command: str, schema: type, overrides: Sequence[str]) -> Any:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=f"{command}_schema", node=schema)
+    # Free-form dict fields (env_kwargs...) take new keys: make `field.key=v` an add-or-override (`++`).
+    dict_fields = {f.name for f in dataclasses.fields(schema) if str(f.type).startswith("dict")}
+    overrides = [f"++{o}" if o.split(".", 1)[0] in dict_fields and "." in o.split("=", 1)[0] else o
+                 for o in overrides]
     preset = f"{command}" if (CONFIG_DIR / f"{command}.yaml").exists() else f"{command}_schema"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -89,10 +95,10 @@ def _error_message(err: BaseException) -> str:
     ours = [e for e in chain if isinstance(e, RoboloopError)]
     if ours:
         return str(ours[-1])
-    first = str(err).strip().splitlines()[0]
+    message = " ".join(line.strip() for line in str(err).strip().splitlines())
     if len(chain) > 1:
-        first += ": " + str(chain[-1]).strip().splitlines()[0]
-    return first
+        message += ": " + str(chain[-1]).strip().splitlines()[0]
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

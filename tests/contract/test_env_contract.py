@@ -73,8 +73,8 @@ def test_same_seed_same_trajectory(task: str) -> None:
     dim = make(task).action_space.shape[0]
     actions = np.random.default_rng(1).uniform(-1, 1, (40, dim)).astype(np.float32)
     _assert_same(_rollout(make(task), 7, actions), _rollout(make(task), 7, actions))
-    different = _rollout(make(task), 8, actions)
-    assert not np.array_equal(different[0][0]["observation.state"], _rollout(make(task), 7, actions[:1])[0][0]["observation.state"])
+    first_obs = _rollout(make(task), 7, actions[:1])[0][0]["observation.state"]
+    assert not np.array_equal(_rollout(make(task), 8, actions[:1])[0][0]["observation.state"], first_obs)
 
 
 @pytest.mark.parametrize("task", list(TASKS))

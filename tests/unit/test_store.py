@@ -40,7 +40,8 @@ def test_robomimic_layout(synthetic_image_file: Path) -> None:
             assert demo[key].shape[0] == 9, key
         # next_obs is obs shifted by one, images stored once through a virtual dataset.
         assert demo["next_obs/observation.images.front"].is_virtual
-        np.testing.assert_array_equal(demo["next_obs/observation.images.front"][:-1], demo["obs/observation.images.front"][1:])
+        images = demo["obs/observation.images.front"]
+        np.testing.assert_array_equal(demo["next_obs/observation.images.front"][:-1], images[1:])
         np.testing.assert_array_equal(demo["next_obs/observation.state"][:-1], demo["obs/observation.state"][1:])
         assert demo["obs/observation.images.front"].chunks[0] == 1  # one frame per chunk: lazy random reads
 
@@ -104,10 +105,9 @@ def test_corrupt_file_errors(tmp_path: Path, synthetic_file: Path) -> None:
         EpisodeStore(garbage)
     truncated = tmp_path / "truncated.hdf5"
     truncated.write_bytes(synthetic_file.read_bytes()[:2000])
-    with pytest.raises(DatasetError, match="truncated.hdf5"):
-        with EpisodeStore(truncated) as store:
-            for demo in store.demos:
-                store.episode(demo)
+    with pytest.raises(DatasetError, match="truncated.hdf5"), EpisodeStore(truncated) as store:
+        for demo in store.demos:
+            store.episode(demo)
     plain = tmp_path / "plain.hdf5"
     with h5py.File(plain, "w") as f:
         f.create_dataset("x", data=[1])

@@ -76,8 +76,8 @@ class LiftEnv(ManipulationEnv):
         cube = self.data.qpos[self._cube_qpos : self._cube_qpos + 3]
         eef = self.data.qpos[self._grip_qpos : self._grip_qpos + 3]
         # Fingertips sit at the gripper origin; a grasp holds the cube's centre between the finger pads.
-        grasp_point = eef + (0.0, 0.0, self.cube_half_size)
-        dist = float(np.linalg.norm(cube - grasp_point))
+        dist = math.sqrt((cube[0] - eef[0]) ** 2 + (cube[1] - eef[1]) ** 2
+                         + (cube[2] - eef[2] - self.cube_half_size) ** 2)
         closed = self.data.ctrl[4] > 0.5 * FINGER_TRAVEL  # grip command past half way
         grasped = float(dist < 0.02 and closed)
         height = float(cube[2] - self.cube_half_size)

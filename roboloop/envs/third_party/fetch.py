@@ -20,7 +20,9 @@ they are truncated after 50 steps, and success is ``info["is_success"]`` at the 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -41,7 +43,9 @@ _RESET_OPTIONS = frozenset({"state", "randomization"})
 
 def _import_fetch(module: str, cls: str) -> type:
     try:
-        return getattr(importlib.import_module(f"gymnasium_robotics.envs.fetch.{module}"), cls)
+        # gymnasium-robotics 1.4.2 prints a notice about its Adroit envs on import; the Fetch envs are unaffected.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return getattr(importlib.import_module(f"gymnasium_robotics.envs.fetch.{module}"), cls)
     except ImportError as err:
         raise ConfigError(
             "the Fetch tasks need gymnasium-robotics: pip install -c constraints.txt 'roboloop[bench-envs]'"
