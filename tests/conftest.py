@@ -48,6 +48,15 @@ def write_synthetic(path: Path, lengths: list[int], **kwargs: object) -> Path:
     return path
 
 
+def write_with_success_mask(path: Path, successes: list[bool], length: int = 6) -> Path:
+    """Episodes 0..n-1 of ``length`` steps with the given success flags, and the ``success`` filter key."""
+    with EpisodeWriter(path, env_args=ENV_ARGS) as writer:
+        for i, success in enumerate(successes):
+            writer.append(synthetic_episode(i, length, success=success))
+        writer.update_success_mask()
+    return path
+
+
 @pytest.fixture
 def synthetic_file(tmp_path: Path) -> Path:
     return write_synthetic(tmp_path / "synthetic.hdf5", [5, 12, 30])

@@ -192,7 +192,11 @@ class SequenceDataset(Dataset):
             e = self._episode[item]
             local = rows[b] - self.episode_starts[e]
             unique, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
-            frames = self._h5[f"data/{self.demos[e]}/obs/{key}"][unique]
+            try:
+                frames = self._h5[f"data/{self.demos[e]}/obs/{key}"][unique]
+            except (OSError, KeyError) as err:
+                raise DatasetError(f"{str(self.path)!r}: cannot read frames {unique.tolist()} of "
+                                   f"{self.demos[e]} obs/{key} (corrupt file?): {err}") from err
             out[b] = frames[inverse]
         return out
 

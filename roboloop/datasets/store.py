@@ -20,7 +20,9 @@ then renamed to ``demo_N`` in one link operation, after which the file is flushe
 see ``demo_<int>`` groups. Metadata-cache evictions are disabled, so between flushes only raw data
 (in space no committed object refers to) reaches the disk, and SIGINT/SIGTERM are deferred until
 an append has completed. Together: a collection killed at any moment leaves a file in which every
-finished episode reads back, and re-opening it for appending removes the unfinished leftover.
+finished episode reads back, and re-opening it for appending removes the unfinished leftover. (The
+cache that disabling evictions lets grow is dropped by reopening the file every few thousand
+episodes, so appends stay constant-time.)
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ import numpy as np
 from roboloop.core.errors import DatasetError
 
 FORMAT_VERSION = 1
+# With evictions disabled the metadata cache only grows, and every flush walks all of it; past this size
+# the writer closes and reopens the file (safe right after a commit), which keeps appends O(1).
+_MAX_METADATA_CACHE_BYTES = 8 * 2**20
 _DEMO_RE = re.compile(r"^demo_(\d+)$")
 PENDING_PREFIX = ".pending_"
 # robomimic's EnvType.GYM_TYPE; our envs are Gymnasium envs.
@@ -200,8 +205,16 @@ class EpisodeWriter:
             self._data.move(pending, name)  # the commit: one link rename
             self._data.attrs["total"] = int(self._data.attrs["total"]) + len(episode)
             self._file.flush()
+            if self._file.id.get_mdc_size()[2] > _MAX_METADATA_CACHE_BYTES:
+                self._reopen()
         self._next_index += 1
         return name
+
+    def _reopen(self) -> None:
+        self._file.close()
+        self._file = _open_h5(self.path, "a")
+        _disable_metadata_evictions(self._file)
+        self._data = self._file["data"]
 
     def write_mask(self, name: str, demos: Sequence[str]) -> None:
         """Write (or replace) the filter key ``mask/<name>`` listing ``demos``."""

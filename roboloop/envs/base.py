@@ -33,6 +33,7 @@ from roboloop.core.errors import ConfigError, StateError
 from roboloop.envs import scene
 from roboloop.envs.effects import ActionLatency, ObservationNoise
 from roboloop.envs.randomization import ModelRandomizer, PoseRange, RandomizationSpec, sample_randomization
+from roboloop.envs.rendering import Renderers
 
 STATE_KEY = "observation.state"
 IMAGE_PREFIX = "observation.images."
@@ -182,7 +183,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderers = Renderers(m)
         self._episode: dict[str, Any] = {}
         self._latency = ActionLatency(_OPEN_GRIP_ACTION)
         self._obs_noise = ObservationNoise()
@@ -283,12 +284,10 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self.render_mode != "rgb_array":
             return None
         refresh_derived(self.model, self.data)
-        return self._render_camera("front", (self.render_size, self.render_size))
+        return self._renderers.render(self.data, "front", (self.render_size, self.render_size))
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._renderers.close()
 
     # ------------------------------------------------------------------ state
     @property
@@ -385,15 +384,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             # Rendering reads derived poses (geom_xpos...), which mj_step leaves one physics step stale.
             refresh_derived(self.model, self.data)
             for cam in self.cameras:
-                obs[image_key(cam)] = self._render_camera(cam, self.image_size)
+                obs[image_key(cam)] = self._renderers.render(self.data, cam, self.image_size)
         return obs
-
-    def _render_camera(self, camera: str, size: tuple[int, int]) -> np.ndarray:
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = self._renderers[size] = mujoco.Renderer(self.model, height=size[0], width=size[1])
-        renderer.update_scene(self.data, camera=camera)
-        return renderer.render()
 
     # Helpers for tasks -------------------------------------------------------------
     def _free_joint_pose(self, qpos_adr: int) -> tuple[np.ndarray, np.ndarray]:

@@ -172,3 +172,13 @@ def test_render_returns_frames_without_perturbing_the_episode() -> None:
     assert frames[0].shape == (64, 64, 3) and frames[0].mean() > 10
     reference = [s[0]["observation.state"] for s in _rollout(make("Lift"), 2, actions)[1:]]
     np.testing.assert_array_equal(np.stack(states), np.stack(reference))
+
+
+def test_unclosed_camera_envs_exit_cleanly() -> None:
+    import subprocess
+    import sys
+
+    code = ("import roboloop\nfrom roboloop.envs import make\n"
+            "env = make('Lift', cameras=['front'], render_mode='rgb_array')\nenv.reset(seed=0)\nenv.render()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "EGLError" not in result.stderr, result.stderr[-2000:]

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from roboloop.core.errors import ConfigError, DatasetError
 from roboloop.datasets import SequenceDataset, collate, compute_stats
-from tests.conftest import write_synthetic
+from tests.conftest import write_synthetic, write_with_success_mask
 
 
 def decode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,14 +88,7 @@ def test_dataloader_workers_read_images(synthetic_image_file: Path) -> None:
 
 
 def test_filter_key_and_demo_selection(tmp_path: Path) -> None:
-    from roboloop.datasets import EpisodeWriter
-    from tests.conftest import ENV_ARGS, synthetic_episode
-
-    path = tmp_path / "f.hdf5"
-    with EpisodeWriter(path, env_args=ENV_ARGS) as writer:
-        for i, success in enumerate([True, False, True]):
-            writer.append(synthetic_episode(i, 6, success=success))
-        writer.update_success_mask()
+    path = write_with_success_mask(tmp_path / "f.hdf5", [True, False, True])
     ds = SequenceDataset(path, n_obs_steps=1, horizon=2, n_action_steps=1, filter_key="success")
     assert ds.demos == ["demo_0", "demo_2"]
     assert set(decode(ds.get_batch(np.arange(len(ds)))["observation.state"][:, 0, 0])[0]) == {0, 2}
@@ -124,3 +117,17 @@ def test_stats_match_numpy(tmp_path: Path) -> None:
         np.testing.assert_allclose(stats["action"][name], fn(ds.all_actions(), axis=0), rtol=1e-6)
     assert stats["observation.state"]["count"] == 15
     assert stats["observation.images.front"]["mean"].shape == (3,)
+
+
+def test_corrupt_image_chunk_is_a_dataset_error(synthetic_image_file: Path) -> None:
+    import h5py
+
+    ds = SequenceDataset(synthetic_image_file, n_obs_steps=1, horizon=1, n_action_steps=1)
+    with h5py.File(synthetic_image_file, "r") as f:
+        offset = f["data/demo_1/obs/observation.images.front"].id.get_chunk_info(2).byte_offset
+    with open(synthetic_image_file, "r+b") as raw:  # overwrite one compressed frame with garbage
+        raw.seek(offset)
+        raw.write(b"\xff" * 16)
+    item = ds.episode_starts[1] + 2
+    with pytest.raises(DatasetError, match="images.hdf5.*demo_1 obs/observation.images.front"):
+        ds.get_batch(np.array([item]))

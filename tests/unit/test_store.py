@@ -9,7 +9,7 @@ import pytest
 from roboloop.core.errors import DatasetError
 from roboloop.datasets import EpisodeStore, EpisodeWriter
 from roboloop.datasets.store import PENDING_PREFIX
-from tests.conftest import ENV_ARGS, synthetic_episode, write_synthetic
+from tests.conftest import ENV_ARGS, synthetic_episode, write_synthetic, write_with_success_mask
 
 
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
@@ -69,11 +69,7 @@ def test_unfinished_append_is_invisible_and_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_masks(tmp_path: Path) -> None:
-    path = tmp_path / "m.hdf5"
-    with EpisodeWriter(path, env_args=ENV_ARGS) as writer:
-        for i, success in enumerate([True, False, True]):
-            writer.append(synthetic_episode(i, 3, success=success))
-        writer.update_success_mask()
+    path = write_with_success_mask(tmp_path / "m.hdf5", [True, False, True])
     with EpisodeStore(path) as store:
         assert store.masks() == {"success": ["demo_0", "demo_2"]}
         assert store.success_rate() == pytest.approx(2 / 3)
@@ -121,3 +117,16 @@ def test_missing_key_error_lists_what_exists(synthetic_file: Path) -> None:
             store.read(0, "obs/observation.nope")
         with pytest.raises(DatasetError, match="no episode 'demo_7'"):
             store.read(7, "actions")
+
+
+def test_writer_reopens_to_bound_its_metadata_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import roboloop.datasets.store as store_module
+
+    monkeypatch.setattr(store_module, "_MAX_METADATA_CACHE_BYTES", 1)  # reopen after every append
+    path = tmp_path / "r.hdf5"
+    with EpisodeWriter(path, env_args=ENV_ARGS) as writer:
+        for i in range(5):
+            assert writer.append(synthetic_episode(i, 4, image_size=4)) == f"demo_{i}"
+    with EpisodeStore(path) as store:
+        assert len(store) == 5 and store.total_steps == 20
+        np.testing.assert_array_equal(store.episode(4).actions, synthetic_episode(4, 4).actions)

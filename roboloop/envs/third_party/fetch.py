@@ -35,6 +35,7 @@ from roboloop.core.errors import ConfigError, StateError
 from roboloop.envs.base import STATE_KEY, image_key, refresh_derived
 from roboloop.envs.effects import ActionLatency, ObservationNoise
 from roboloop.envs.randomization import ModelRandomizer, RandomizationSpec, sample_randomization
+from roboloop.envs.rendering import Renderers
 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 FETCH_CAMERAS = ("external_camera_0", "head_camera_rgb", "gripper_camera_rgb")
@@ -110,7 +111,7 @@ class FetchAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._physics_state_size = mujoco.mj_stateSize(m, _STATE_SPEC)
         self._latency = ActionLatency(np.zeros(4))
         self._obs_noise = ObservationNoise()
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderers = Renderers(m)
         self._episode: dict[str, Any] = {}
         self._achieved = np.zeros(3)
 
@@ -183,9 +184,7 @@ class FetchAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._render(camera, (self.render_size, self.render_size))
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._renderers.close()
         self._inner.close()
 
     # ------------------------------------------------------------------ state
@@ -231,11 +230,7 @@ class FetchAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
         warmstart = self.data.qacc_warmstart.copy()
         self._inner._render_callback()  # moves the goal marker to the goal (and runs mj_forward)
         self.data.qacc_warmstart[:] = warmstart
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = self._renderers[size] = mujoco.Renderer(self.model, height=size[0], width=size[1])
-        renderer.update_scene(self.data, camera=camera)
-        return renderer.render()
+        return self._renderers.render(self.data, camera, size)
 
 
 class FetchPushAdapter(FetchAdapter):
