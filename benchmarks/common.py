@@ -128,8 +128,13 @@ def _short(value: Any) -> str:
     return fmt(value, 4) if isinstance(value, float) else str(value)
 
 
+#: Outputs of the benchmarks themselves: changing them does not change what is measured.
+_OUTPUT_PATHS = ("benchmarks/results/", "README.md")
+
+
 def git_commit() -> str:
-    """``git rev-parse --short HEAD``, plus ``-dirty`` when tracked files have uncommitted changes."""
+    """``git rev-parse --short HEAD``, plus ``-dirty`` when tracked files other than the benchmarks'
+    own outputs (result files, the README's generated table) have uncommitted changes."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -137,7 +142,8 @@ def git_commit() -> str:
                                 check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    dirty = any(line and not line.startswith("??") for line in status.splitlines())
+    dirty = any(line and not line.startswith("??") and not line[3:].startswith(_OUTPUT_PATHS)
+                for line in status.splitlines())
     return head + ("-dirty" if dirty else "")
 
 

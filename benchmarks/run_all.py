@@ -13,12 +13,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+import readme_table
 from common import BENCH_DIR, markdown_table, parse_args, result_path
 
 #: Run first, in this order (cheap contract checks first, the long expert sweep last); any other
 #: ``benchmarks/*.py`` script follows, alphabetically.
 ORDER = ("env_contract", "bad_input", "replay", "env_speed", "dataset_memory", "experts")
-NOT_BENCHMARKS = frozenset({"common", "run_all"})
+NOT_BENCHMARKS = frozenset({"common", "run_all", "readme_table"})
 
 
 def benchmarks() -> list[str]:
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append((name, status, f"{passed}/{len(targets)}" if targets else "-", failing, f"{seconds:.0f}"))
     print(f"\n## Summary{' (quick)' if args.quick else ''}\n")
     print(markdown_table(["benchmark", "status", "targets passed", "failing targets", "seconds"], rows))
+    if not args.quick:
+        readme_table.update()  # the README's results table always reflects the latest full results
+        print("README.md results section regenerated from benchmarks/results/*.json")
     print("PASS" if not failed else f"FAIL: {', '.join(failed)}")
     return 0 if not failed else 1
 
