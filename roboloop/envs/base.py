@@ -41,7 +41,7 @@ ACTION_DIM = 5
 PROPRIO_STRUCTURE: dict[str, int] = {"eef_pos": 3, "eef_yaw_cos_sin": 2, "finger_gap": 1, "eef_vel": 3}
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 _OPEN_GRIP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, -1.0])
-_RESET_OPTIONS = frozenset({"state", "randomization"})
+RESET_OPTIONS = frozenset({"state", "randomization"})
 GRIPPER_HOME_Z = 0.2
 
 
@@ -56,6 +56,26 @@ def refresh_derived(model: mujoco.MjModel, data: mujoco.MjData) -> None:
     warmstart = data.qacc_warmstart.copy()
     mujoco.mj_forward(model, data)
     data.qacc_warmstart[:] = warmstart
+
+
+def check_action(task_name: str, action: np.ndarray, layout: str) -> np.ndarray:
+    """``action`` as float64 after checking its shape (``layout`` names the dims) and finiteness."""
+    action = np.asarray(action, dtype=np.float64)
+    expected = (layout.count(",") + 1,)
+    if action.shape != expected:
+        raise ValueError(f"{task_name}: action has shape {action.shape}, expected {expected} = [{layout}]")
+    if not np.isfinite(action).all():
+        raise ValueError(f"{task_name}: action contains NaN or inf: {action.tolist()}")
+    return action
+
+
+def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The reset options as a dict, rejecting keys other than ``state`` and ``randomization``."""
+    options = dict(options or {})
+    unknown = set(options) - RESET_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: {sorted(RESET_OPTIONS)}")
+    return options
 
 
 def image_key(camera: str) -> str:
@@ -74,10 +94,6 @@ def yaw_to_quat(yaw: float) -> np.ndarray:
 def quat_to_yaw(quat: np.ndarray) -> float:
     w, x, y, z = quat
     return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
-def wrap_angle(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
 class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -239,10 +255,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - _RESET_OPTIONS
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: {sorted(_RESET_OPTIONS)}")
+        options = check_reset_options(options)
         if options.get("randomization") is not None:
             sample = self._check_sample(options["randomization"])
         else:
@@ -262,14 +275,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._observation(), {"randomization": sample, "is_success": success}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(
-                f"{self.task_name}: action has shape {action.shape}, expected ({ACTION_DIM},) "
-                "= [dx, dy, dz, dyaw, grip]"
-            )
-        if not np.isfinite(action).all():
-            raise ValueError(f"{self.task_name}: action contains NaN or inf: {action.tolist()}")
+        action = check_action(self.task_name, action, "dx, dy, dz, dyaw, grip")
         if not self._episode:
             raise RuntimeError(f"{self.task_name}: call reset() before step()")
         action = self._latency(np.minimum(np.maximum(action, -1.0), 1.0))
@@ -400,10 +406,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         mocap_id = self.model.body(body).mocapid[0]
         self.data.mocap_pos[mocap_id] = pos
         self.data.mocap_quat[mocap_id] = yaw_to_quat(yaw)
-
-    @property
-    def eef_pos(self) -> np.ndarray:
-        return self.data.qpos[self._grip_qpos : self._grip_qpos + 3].copy()
 
 
 def gripper_pose_range(x: tuple[float, float] = (-0.03, 0.03), y: tuple[float, float] = (-0.13, -0.07),

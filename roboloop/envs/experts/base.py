@@ -27,11 +27,6 @@ def wrap_to(angle: float, period: float) -> float:
     return (angle + period / 2) % period - period / 2
 
 
-def quat_yaw(quat: np.ndarray) -> float:
-    w, x, y, z = (float(v) for v in quat)
-    return math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-
-
 def toward(error: np.ndarray, max_delta: float, gain: float = 1.0, limit: float = 1.0) -> np.ndarray:
     """Action that moves a setpoint by ``gain * error`` this step, saturated at ``limit`` (in action units)."""
     return np.clip(gain * np.asarray(error, dtype=float) / max_delta, -limit, limit)

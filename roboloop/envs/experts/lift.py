@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from roboloop.envs.experts.base import GripperExpert, quat_yaw, wrap_to
+from roboloop.envs.base import quat_to_yaw
+from roboloop.envs.experts.base import GripperExpert, wrap_to
 
 
 class LiftExpert(GripperExpert):
@@ -26,7 +27,7 @@ class LiftExpert(GripperExpert):
         eef, yaw, _ = self.proprio(state)
         cube, cube_quat = state[9:12], state[12:16]
         # A cube looks the same every quarter turn: turn the short way to the nearest face pair.
-        yaw_error = wrap_to(quat_yaw(cube_quat) - yaw, math.pi / 2)
+        yaw_error = wrap_to(quat_to_yaw(cube_quat) - yaw, math.pi / 2)
         planar_error = float(np.hypot(*(cube[:2] - eef[:2])))
         grasp_z = cube[2] - self.half + 0.006  # fingertips just above the cube's bottom
 

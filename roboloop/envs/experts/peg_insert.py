@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from roboloop.envs.experts.base import GripperExpert, quat_yaw, wrap_to
+from roboloop.envs.base import quat_to_yaw
+from roboloop.envs.experts.base import GripperExpert, wrap_to
 
 
 class PegInsertExpert(GripperExpert):
@@ -33,7 +34,7 @@ class PegInsertExpert(GripperExpert):
         eef, yaw, _ = self.proprio(state)
         peg, peg_quat, hole = state[9:12], state[12:16], state[16:19]
         hole_yaw = math.atan2(state[20], state[19])
-        peg_yaw = quat_yaw(peg_quat)
+        peg_yaw = quat_to_yaw(peg_quat)
         peg_top = peg[2] + self.half_height
         peg_bottom = peg[2] - self.half_height
         grasp_z = peg_top - 0.035  # fingers overlap the top 3.5 cm of the peg

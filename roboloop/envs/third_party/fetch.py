@@ -32,14 +32,13 @@ import numpy as np
 from gymnasium import spaces
 
 from roboloop.core.errors import ConfigError, StateError
-from roboloop.envs.base import STATE_KEY, image_key, refresh_derived
+from roboloop.envs.base import STATE_KEY, check_action, check_reset_options, image_key, refresh_derived
 from roboloop.envs.effects import ActionLatency, ObservationNoise
 from roboloop.envs.randomization import ModelRandomizer, RandomizationSpec, sample_randomization
 from roboloop.envs.rendering import Renderers
 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 FETCH_CAMERAS = ("external_camera_0", "head_camera_rgb", "gripper_camera_rgb")
-_RESET_OPTIONS = frozenset({"state", "randomization"})
 
 
 def _import_fetch(module: str, cls: str) -> type:
@@ -142,10 +141,7 @@ class FetchAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - _RESET_OPTIONS
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: {sorted(_RESET_OPTIONS)}")
+        options = check_reset_options(options)
         if options.get("randomization") is not None:
             sample = dict(options["randomization"])
         else:
@@ -162,11 +158,7 @@ class FetchAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return obs, {"randomization": sample, "is_success": success}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (4,):
-            raise ValueError(f"{self.task_name}: action has shape {action.shape}, expected (4,) = [dx, dy, dz, grip]")
-        if not np.isfinite(action).all():
-            raise ValueError(f"{self.task_name}: action contains NaN or inf: {action.tolist()}")
+        action = check_action(self.task_name, action, "dx, dy, dz, grip")
         if not self._episode:
             raise RuntimeError(f"{self.task_name}: call reset() before step()")
         action = self._latency(np.clip(action, -1.0, 1.0))
