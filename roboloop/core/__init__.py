@@ -1,5 +1,14 @@
 """Small typed contracts shared by every stage of the platform."""
 
-from roboloop.core.errors import ConfigError, DatasetError, RoboloopError, StateError
+from roboloop.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    InputError,
+    RoboloopError,
+    StateError,
+    TrainingError,
+)
 
-__all__ = ["ConfigError", "DatasetError", "RoboloopError", "StateError"]
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "InputError", "RoboloopError", "StateError",
+           "TrainingError"]

@@ -17,3 +17,15 @@ class DatasetError(RoboloopError):
 
 class StateError(RoboloopError, ValueError):
     """A simulator state that does not fit the environment it is restored into."""
+
+
+class InputError(RoboloopError, ValueError):
+    """Observations, batches or actions whose keys, shapes or values do not fit the policy."""
+
+
+class CheckpointError(RoboloopError):
+    """A missing, corrupt or incompatible checkpoint directory."""
+
+
+class TrainingError(RoboloopError):
+    """Training cannot go on (for example the loss became NaN); the last good checkpoint is kept."""

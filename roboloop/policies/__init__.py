@@ -1,0 +1,13 @@
+"""BC policies, by name. The registry lists every member here (no registration by import side effect)."""
+
+from __future__ import annotations
+
+from roboloop.core.policy import Policy
+from roboloop.core.registry import Registry
+from roboloop.policies.mlp import MLPConfig, MLPPolicy
+
+POLICIES: Registry[type[Policy]] = Registry("policy", {
+    MLPPolicy.name: MLPPolicy,
+})
+
+__all__ = ["POLICIES", "MLPConfig", "MLPPolicy"]
