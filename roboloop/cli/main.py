@@ -32,10 +32,16 @@ class Command:
     run: Callable[[Any], int]
     summary: str
     positional: str | None = None  # `roboloop info FILE` == `roboloop info file=FILE`
+    register: Callable[[], None] | None = None  # stores config-group options (e.g. `policy=`) before composing
 
 
 def _commands() -> dict[str, Command]:
     from roboloop.cli import commands
+
+    def bc() -> Any:  # imports torch: only when a BC command actually runs
+        from roboloop.cli import train_bc
+
+        return train_bc
 
     return {
         "collect": Command(lambda: commands.CollectConfig, commands.run_collect,
@@ -46,6 +52,11 @@ def _commands() -> dict[str, Command]:
                         "episodes, steps, success rate, keys and shapes of an episode file", "file"),
         "quickstart": Command(lambda: commands.QuickstartConfig, commands.run_quickstart,
                               "the main pipeline on the default task, with a markdown report"),
+        "train-bc": Command(lambda: bc().TrainBCConfig, lambda cfg: bc().run_train_bc(cfg),
+                            "behavior cloning (policy=diffusion|act|mlp) from expert demonstrations",
+                            register=lambda: bc().register_policy_configs()),
+        "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
+                        "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }
 
 
@@ -56,12 +67,13 @@ def compose_config(command: str, schema: type, overrides: Sequence[str]) -> Any:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name=f"{command}_schema", node=schema)
+    ConfigStore.instance().store(name=f"{command.replace('-', '_')}_schema", node=schema)
     # Free-form dict fields (env_kwargs...) take new keys: make `field.key=v` an add-or-override (`++`).
     dict_fields = {f.name for f in dataclasses.fields(schema) if str(f.type).startswith("dict")}
     overrides = [f"++{o}" if o.split(".", 1)[0] in dict_fields and "." in o.split("=", 1)[0] else o
                  for o in overrides]
-    preset = f"{command}" if (CONFIG_DIR / f"{command}.yaml").exists() else f"{command}_schema"
+    name = command.replace("-", "_")
+    preset = name if (CONFIG_DIR / f"{name}.yaml").exists() else f"{name}_schema"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=preset, overrides=list(overrides))
@@ -128,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        if cmd.register is not None:
+            cmd.register()
         cfg = compose_config(name, cmd.schema(), overrides)
         return cmd.run(cfg)
     except (HydraException, OmegaConfBaseException, RoboloopError) as err:
