@@ -20,8 +20,7 @@ from roboloop.datasets.collection import CollectConfig, collect
 from roboloop.datasets.store import EpisodeStore
 from roboloop.envs import task_info
 from roboloop.envs.evaluation import EvalConfig, EvalResult, evaluate, write_eval_outputs
-from roboloop.training import BCTrainer, TrainConfig, TrainResult
-from roboloop.training import distributed
+from roboloop.training import BCTrainer, TrainConfig, TrainResult, distributed
 from roboloop.utils.io import write_json
 
 logger = logging.getLogger(__name__)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from roboloop.core.policy import Policy
 from roboloop.core.registry import Registry
+from roboloop.policies.act import ACTConfig, ACTPolicy
 from roboloop.policies.mlp import MLPConfig, MLPPolicy
 
 POLICIES: Registry[type[Policy]] = Registry("policy", {
+    ACTPolicy.name: ACTPolicy,
     MLPPolicy.name: MLPPolicy,
 })
 
-__all__ = ["POLICIES", "MLPConfig", "MLPPolicy"]
+__all__ = ["POLICIES", "ACTConfig", "ACTPolicy", "MLPConfig", "MLPPolicy"]
