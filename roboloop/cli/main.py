@@ -73,9 +73,12 @@ def compose_config(command: str, schema: type, overrides: Sequence[str]) -> Any:
     overrides = [f"++{o}" if o.split(".", 1)[0] in dict_fields and "." in o.split("=", 1)[0] else o
                  for o in overrides]
     name = command.replace("-", "_")
-    preset = name if (CONFIG_DIR / f"{name}.yaml").exists() else f"{name}_schema"
+    # A command with config groups (train-bc: task/, preset/) has its own folder, so that its group names
+    # do not turn other commands' plain fields of the same name (`task=`) into group selections.
+    config_dir = CONFIG_DIR / name if (CONFIG_DIR / name).is_dir() else CONFIG_DIR
+    preset = name if (config_dir / f"{name}.yaml").exists() else f"{name}_schema"
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name=preset, overrides=list(overrides))
     return OmegaConf.to_object(cfg)
 
