@@ -117,41 +117,74 @@ def run_info(cfg: InfoConfig) -> int:
 class QuickstartConfig:
     """``roboloop quickstart``: the main pipeline on the default task, end to end, with a report.
 
-    Today: collect scripted-expert demonstrations, replay some of them exactly, and write a video
-    and a markdown report. Later stages (behaviour cloning, residual RL) extend it.
+    Collect scripted-expert demonstrations, check that they replay exactly, train a diffusion policy
+    briefly (CPU-sized), evaluate it over seeded episodes with a video, and write a markdown report.
 
     Attributes:
         task: Task to run.
         n_episodes: Demonstrations to collect.
-        n_envs: Parallel environments for collection.
-        video_episodes: Episodes replayed into the video.
-        out_dir: Where the dataset, video and report go.
+        n_envs: Parallel environments for collection and evaluation.
+        video_episodes: Demonstrations replayed into the replay video.
+        train_steps: Gradient steps of the diffusion policy (the full preset uses many more).
+        batch_size: Training batch size.
+        eval_episodes: Evaluation episodes (seeds disjoint from the demonstrations).
+        eval_videos: Evaluation episodes recorded as videos.
+        out_dir: Where the dataset, checkpoints, videos and report go.
         seed: Base seed.
     """
 
     task: str = "Lift"
-    n_episodes: int = 50
-    n_envs: int = 1
-    video_episodes: int = 3
+    n_episodes: int = 100
+    n_envs: int = 4
+    video_episodes: int = 2
+    train_steps: int = 3000
+    batch_size: int = 128
+    eval_episodes: int = 50
+    eval_videos: int = 2
     out_dir: str = "outputs/quickstart"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.video_episodes < 1 or self.video_episodes > self.n_episodes:
             raise ConfigError(f"video_episodes must be in [1, n_episodes={self.n_episodes}], got {self.video_episodes}")
+        if self.train_steps < 1 or self.batch_size < 1 or self.eval_episodes < 1 or self.n_envs < 1:
+            raise ConfigError("train_steps, batch_size, eval_episodes and n_envs must be >= 1")
+        if not 0 <= self.eval_videos <= self.eval_episodes:
+            raise ConfigError(f"eval_videos must be in [0, eval_episodes={self.eval_episodes}]")
 
 
 def run_quickstart(cfg: QuickstartConfig) -> int:
+    from roboloop.cli.train_bc import TrainBCConfig, train_bc
+    from roboloop.core.policy import Policy
+    from roboloop.envs.evaluation import EvalConfig, evaluate, write_eval_outputs
+    from roboloop.policies.diffusion import DiffusionConfig
+    from roboloop.training import TrainConfig
+
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/2] collecting {cfg.n_episodes} {cfg.task} demonstrations")
+    print(f"[1/4] collecting {cfg.n_episodes} {cfg.task} demonstrations")
     collect_cfg = CollectConfig(task=cfg.task, n_episodes=cfg.n_episodes, n_envs=cfg.n_envs, seed=cfg.seed,
                                 output=str(out / "demos.hdf5"))
     summary = collect(collect_cfg)
-    print(f"[2/2] replaying {cfg.video_episodes} episode(s) into a video")
-    result = replay(ReplayConfig(file=str(summary.path), episodes=list(range(cfg.video_episodes)),
-                                 video=str(out / "replay.mp4")))
+    print(f"[2/4] replaying {cfg.video_episodes} episode(s) into a video")
+    replayed = replay(ReplayConfig(file=str(summary.path), episodes=list(range(cfg.video_episodes)),
+                                   video=str(out / "replay.mp4")))
+    print(f"[3/4] training a diffusion policy for {cfg.train_steps} steps")
+    t_train = time.perf_counter()
+    trained = train_bc(TrainBCConfig(
+        task=cfg.task, policy=DiffusionConfig(), dataset=str(summary.path), out_dir=str(out / "diffusion"),
+        evaluate=False, train=TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                                          checkpoint_every=max(cfg.train_steps // 4, 1),
+                                          log_every=max(cfg.train_steps // 20, 1), resume=True)))
+    train_seconds = time.perf_counter() - t_train
+    print(f"[4/4] evaluating it over {cfg.eval_episodes} episodes")
+    policy = Policy.load(trained.last_checkpoint)
+    result = evaluate(policy, cfg.task, EvalConfig(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs,
+                                                   video=cfg.eval_videos > 0, n_videos=cfg.eval_videos),
+                      video_dir=out / "videos")
+    files = write_eval_outputs(result, out / "eval")
+    videos = ", ".join(f"[{v.name}](videos/{v.name})" for v in result.videos) or "none"
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join([
@@ -161,13 +194,22 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
             "|---|---|",
             f"| demonstrations | {summary.episodes} episodes, {summary.steps} steps: `{summary.path}` |",
             f"| expert success | {format_rate(summary.successes, summary.attempted)} |",
-            f"| replay mismatch (max over {result.steps} steps) | {result.worst:.3g} |",
-            f"| video | `{result.video}` |",
-            f"| wall time | {time.perf_counter() - t0:.1f} s |",
+            f"| replay mismatch (max over {replayed.steps} steps) | {replayed.worst:.3g} (video `{replayed.video}`) |",
+            f"| diffusion policy | {trained.steps} steps in {train_seconds:.0f} s, "
+            f"final loss {trained.final_loss:.4f}: `{trained.last_checkpoint}` |",
+            f"| policy success ({result.n_episodes} episodes, Wilson 95%) | "
+            f"{format_rate(result.successes, result.n_episodes)} |",
+            f"| policy return / length | {result.mean_return:.3f} / {result.mean_length:.1f} steps |",
+            f"| evaluation videos | {videos} |",
+            f"| evaluation files | `{files['json']}`, `{files['plot']}` |",
+            f"| wall time | {time.perf_counter() - t0:.0f} s |",
             "",
             "```",
             describe(summary.path),
             "```",
+            "",
+            f"Re-evaluate with `roboloop eval checkpoint={trained.last_checkpoint} n_episodes=200 video=true`;",
+            f"train the full CPU preset with `roboloop train-bc task={cfg.task} policy=diffusion`.",
             "",
             f"Config: `{asdict(cfg)}`, on {os.cpu_count()} CPU core(s).",
             "",

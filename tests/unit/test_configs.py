@@ -1,0 +1,35 @@
+"""Every YAML preset composes into its typed config (schema drift fails here, not in a user's run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from roboloop.cli.main import CONFIG_DIR, _commands, compose_config
+from roboloop.core.policy import PolicyConfig
+
+PRESETS = sorted(p.stem for p in (CONFIG_DIR / "train_bc" / "preset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_train_bc_presets_compose(preset: str) -> None:
+    cmd = _commands()["train-bc"]
+    cmd.register()
+    task, policy = preset.rsplit("_", 1)
+    cfg = compose_config("train-bc", cmd.schema(), [f"task={task}", f"policy={policy}"])
+    assert cfg.task == task and cfg.policy_name == policy and isinstance(cfg.policy, PolicyConfig)
+
+
+@pytest.mark.parametrize("command", ["collect", "replay", "info", "quickstart", "train-bc", "eval"])
+def test_command_defaults_compose(command: str) -> None:
+    cmd = _commands()[command]
+    if cmd.register is not None:
+        cmd.register()
+    required = {"replay": ["file=x.hdf5"], "info": ["file=x.hdf5"], "eval": ["checkpoint=x"]}.get(command, [])
+    assert compose_config(command, cmd.schema(), required) is not None
+
+
+def test_every_task_has_a_task_option() -> None:
+    from roboloop.envs.registration import TASKS
+
+    options = {p.stem for p in (CONFIG_DIR / "train_bc" / "task").glob("*.yaml")}
+    assert options == set(TASKS)
