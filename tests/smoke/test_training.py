@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _train_args(dataset: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["train-bc", "policy=mlp", f"dataset={dataset}", f"out_dir={out}", "policy.hidden_dims=[32,32]",
             "policy.obs_keys=[observation.state]", f"train.steps={steps}", "train.batch_size=16",
-            "train.log_every=20", "train.checkpoint_every=50", "train.progress=false", "train.device=cpu",
+            "train.log_every=20", "train.checkpoint_every=40", "train.progress=false", "train.device=cpu",
             "evaluate=false", *extra]
 
 
