@@ -117,7 +117,7 @@ def _dataset_path(cfg: TrainBCConfig, dist_info: distributed.DistInfo) -> Path:
         collect(CollectConfig(task=cfg.task, n_episodes=cfg.n_demos, seed=cfg.demo_seed, cameras=cfg.cameras,
                               image_size=cfg.image_size, env_kwargs=dict(cfg.env_kwargs),
                               n_envs=4 if cfg.cameras else 1, vectorization="async" if cfg.cameras else "sync",
-                              output=str(path)))
+                              output=str(path), progress=cfg.train.progress))
     distributed.barrier(dist_info)
     return path
 
