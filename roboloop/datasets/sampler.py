@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from roboloop.core.errors import ConfigError, DatasetError
+from roboloop.core.spec import check_horizons
 from roboloop.datasets.store import EpisodeStore
 
 ACTION_KEY = "action"
@@ -66,12 +67,7 @@ class SequenceDataset(Dataset):
         filter_key: str | None = None,
         demos: Sequence[str] | None = None,
     ) -> None:
-        if n_obs_steps < 1 or horizon < 1 or n_action_steps < 1:
-            raise ConfigError(f"n_obs_steps, horizon and n_action_steps must be >= 1, got "
-                              f"{n_obs_steps}, {horizon}, {n_action_steps}")
-        if n_action_steps > horizon - n_obs_steps + 1:
-            raise ConfigError(f"n_action_steps ({n_action_steps}) must be <= horizon - n_obs_steps + 1 "
-                              f"({horizon - n_obs_steps + 1}): the executed actions must lie inside the chunk")
+        check_horizons(n_obs_steps, horizon, n_action_steps)
         self.path = Path(path)
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
         self.pad_after = n_action_steps - 1 if pad_after is None else int(pad_after)
