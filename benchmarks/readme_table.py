@@ -101,6 +101,42 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         value = ", ".join(f"{float(o):g} mm: {100 * v['rate']:.0f}%" for o, v in offsets.items())
         rows.append(("PegInsert precision: expert success when aiming off the hole's axis", value,
                      "≥ 95% at 0, ≤ 5% at ≥ 2 mm", _status(r["targets"]), _command("peg_precision")))
+    if (r := _load("bc_success")) is not None:
+        rows += _bc_rows(r)
+    return rows
+
+
+def _bc_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per behavior-cloning case present (success, training time and memory), the mlp gap, the samplers."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    command = _command("bc_success") + " (`--cases ...` for some)"
+    for case, e in r["figures"]["cases"].items():
+        if "error" in e:
+            targets = [t for t in r["targets"] if _subject(t) == case]
+            rows.append((f"behavior cloning {case}", "error: " + e["error"], "", _status(targets), command))
+            continue
+        ev, tr = e["eval"], e["train"]
+        targets = [t for t in r["targets"] if _subject(t) == case]
+        success = [t for t in targets if t["name"].startswith("success[")]
+        minutes = "?" if tr.get("train_minutes") is None else f"{tr['train_minutes']:.0f} min"
+        peak = "peak memory not measured" if tr.get("peak_mb") is None else f"{tr['peak_mb']:.0f} MB"
+        low, high = ev["wilson95"]
+        target_text = _threshold(success[0], lambda v: f"{100 * v:.0f}%") if success else "reported"
+        rows.append((f"behavior cloning {case}: success over {ev['n_episodes']} episodes [Wilson 95%]; training "
+                     f"time, peak memory (commit {e['commit']})",
+                     f"{100 * ev['success_rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]; {minutes}, {peak}",
+                     f"{target_text}; ≤ 30 min, ≤ 4000 MB", _status(targets), command))
+    if gap := _by_target(r, "success_gap"):
+        rows.append((f"behavior cloning: {_subject(gap[0])} success", f"{100 * gap[0]['value']:.1f} points",
+                     _threshold(gap[0], lambda v: f"{100 * v:.0f} points"), _status(gap), command))
+    lift = r["figures"]["cases"].get("Lift_diffusion", {})
+    if samplers := lift.get("samplers"):
+        value = ", ".join(f"{label} {100 * s['success_rate']:.1f}%" for label, s in samplers.items()
+                          if "success_rate" in s)
+        if (lat := r["figures"].get("latency")) is not None:
+            value += f"; DDPM-100 / DDIM-10 latency {lat['ddpm100_over_ddim10']:.1f}x"
+        rows.append(("Lift_diffusion, same checkpoint, per sampler: success (and latency ratio from "
+                     "`diffusion_latency`)", value, "reported", "", command))
     return rows
 
 
@@ -118,7 +154,7 @@ def _noise_table() -> str:
 
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
-                              "peg_precision") if (r := _load(name)) is not None]
+                              "peg_precision", "bc_success") if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
     machine = results[0]["machine"]
