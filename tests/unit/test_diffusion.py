@@ -136,7 +136,7 @@ def test_batched_conditioning_matches_the_plain_forward_pass(overrides: dict[str
     """sample_chunks conditions all steps in one call; a loop calling forward() step by step must agree."""
     policy = make_policy(**overrides).eval()
     with torch.no_grad():
-        features = policy.encoder(policy.normalize_obs(make_obs()))
+        features = policy.encode(make_obs())
         torch.manual_seed(4)
         fast = policy.sample_chunks(features)
         torch.manual_seed(4)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from roboloop.core.errors import InputError
 from roboloop.core.policy import ACTION_KEY, Batch, LossOutput, Policy
@@ -22,6 +22,7 @@ from roboloop.core.spec import PolicySpec
 from roboloop.policies.diffusion.config import DiffusionConfig, check_inference_steps
 from roboloop.policies.diffusion.nets import ConditionalUnet1D, Denoiser, TransformerForDiffusion
 from roboloop.policies.encoders import ObservationEncoder
+from roboloop.policies.mlp.policy import mlp
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -55,14 +56,20 @@ class DiffusionPolicy(Policy):
     def __init__(self, config: DiffusionConfig, spec: PolicySpec) -> None:
         super().__init__(config, spec)
         self.encoder = ObservationEncoder(spec, config.vision)
+        feature_dim = self.encoder.feature_dim
+        if config.obs_mlp_dims:
+            self.obs_mlp: nn.Module = mlp(feature_dim, config.obs_mlp_dims[:-1], config.obs_mlp_dims[-1])
+            feature_dim = config.obs_mlp_dims[-1]
+        else:
+            self.obs_mlp = nn.Identity()
         self.denoiser: Denoiser
         if config.denoiser == "unet":
-            self.denoiser = ConditionalUnet1D(spec.action_dim, self.encoder.feature_dim, spec.n_obs_steps,
+            self.denoiser = ConditionalUnet1D(spec.action_dim, feature_dim, spec.n_obs_steps,
                                               config.down_dims, config.kernel_size, config.n_groups,
                                               config.step_embed_dim, config.blocks_per_level)
         else:
             self.denoiser = TransformerForDiffusion(
-                spec.action_dim, self.encoder.feature_dim, spec.n_obs_steps, spec.horizon, config.n_layer,
+                spec.action_dim, feature_dim, spec.n_obs_steps, spec.horizon, config.n_layer,
                 config.n_head, config.n_emb, config.n_cond_layers, config.p_drop_emb, config.p_drop_attn,
                 config.causal_attn)
         self.noise_scheduler = make_scheduler(config, "ddpm")  # training: the forward (noising) process
@@ -79,10 +86,14 @@ class DiffusionPolicy(Policy):
         self.sampler = make_scheduler(self.config, sampler)
         self.sampler.set_timesteps(num_inference_steps)
 
+    def encode(self, obs: Batch) -> Tensor:
+        """Raw observations ``{key: (B, To, ...)}`` -> conditioning features (B, To, F)."""
+        return self.obs_mlp(self.encoder(self.normalize_obs(obs)))
+
     # ------------------------------------------------------------------------------ training
     def compute_loss(self, batch: Batch) -> LossOutput:
         self.check_batch(batch)
-        obs_features = self.encoder(self.normalize_obs(batch))  # (B, To, F)
+        obs_features = self.encode(batch)  # (B, To, F)
         chunk = self.normalize_action(batch[ACTION_KEY])  # (B, Tp, Da), in [-1, 1] with min_max
         noise = torch.randn_like(chunk)
         timestep = torch.randint(0, self.config.num_train_timesteps, (chunk.shape[0],), device=chunk.device)
@@ -100,7 +111,7 @@ class DiffusionPolicy(Policy):
         RNG, whatever ``deterministic`` says. With DDIM (eta = 0) the result is a deterministic function of that
         noise, so ``torch.manual_seed`` before the call reproduces it; DDPM also draws noise at every step.
         """
-        chunk = self.sample_chunks(self.encoder(self.normalize_obs(obs)))
+        chunk = self.sample_chunks(self.encode(obs))
         return self.unnormalize_action(self.executed(chunk))
 
     @torch.no_grad()
@@ -111,7 +122,7 @@ class DiffusionPolicy(Policy):
         """
         if n < 1:
             raise InputError(f"sample_actions needs n >= 1 candidates, got {n}")
-        obs_features = self.encoder(self.normalize_obs(obs))  # (B, To, F), encoded once per observation
+        obs_features = self.encode(obs)  # (B, To, F), encoded once per observation
         chunk = self.sample_chunks(obs_features.repeat_interleave(n, dim=0))
         actions = self.unnormalize_action(self.executed(chunk))
         return actions.view(obs_features.shape[0], n, *actions.shape[1:])
