@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,7 @@ def _dataset_path(cfg: TrainBCConfig, dist_info: distributed.DistInfo) -> Path:
 
 
 def evaluation_fn(task: str, cfg: EvalConfig, env_kwargs: dict[str, Any]) -> Any:
-    eval_cfg = EvalConfig(**{**asdict(cfg), "env_kwargs": {**env_kwargs, **cfg.env_kwargs}, "video": False,
-                             "progress": False})
+    eval_cfg = replace(cfg, env_kwargs={**env_kwargs, **cfg.env_kwargs}, video=False, progress=False)
 
     def run(policy: Policy, step: int) -> dict[str, float]:
         result = evaluate(policy, task, eval_cfg)

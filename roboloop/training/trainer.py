@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from roboloop.core.checkpoint import (
@@ -40,7 +40,7 @@ from roboloop.core.checkpoint import (
 from roboloop.core.errors import CheckpointError, ConfigError, TrainingError
 from roboloop.core.policy import LossOutput, Policy
 from roboloop.core.spec import PolicySpec
-from roboloop.datasets.sampler import SequenceDataset, collate
+from roboloop.datasets.sampler import SequenceDataset
 from roboloop.training import distributed
 from roboloop.training.ema import EMA, EMAConfig
 
@@ -155,6 +155,25 @@ class StepBatches(Sampler[list[int]]):
             step += 1
 
 
+class _WholeBatches(Dataset):
+    """Hands the DataLoader whole batches: ``SequenceDataset.get_batch`` gathers a batch with one indexed
+    read per key, and going through per-sample dicts (``__getitems__``) only to stack them again would do
+    that work twice every step."""
+
+    def __init__(self, dataset: SequenceDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, items: list[int]) -> list[dict[str, np.ndarray]]:
+        return [self.dataset.get_batch(np.asarray(items, dtype=np.int64))]
+
+
+def _as_tensors(batches: list[dict[str, np.ndarray]]) -> dict[str, Tensor]:
+    return {k: torch.from_numpy(v) for k, v in batches[0].items()}
+
+
 class _LossModule(nn.Module):
     """Makes ``compute_loss`` the ``forward`` DistributedDataParallel hooks into (the policy's own
     ``forward`` is free for its networks)."""
@@ -250,7 +269,8 @@ class BCTrainer:
         # --- data
         batches = StepBatches(len(self.dataset), cfg.batch_size, seed=cfg.seed, start_step=step,
                               rank=dist_info.rank, world_size=dist_info.world_size)
-        loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers,
+        loader = DataLoader(_WholeBatches(self.dataset), batch_sampler=batches, collate_fn=_as_tensors,
+                            num_workers=cfg.num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
         writer = self._tensorboard() if dist_info.is_main else None
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {policy.name}", unit="step",
