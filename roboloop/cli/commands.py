@@ -125,8 +125,8 @@ class QuickstartConfig:
         n_episodes: Demonstrations to collect.
         n_envs: Parallel environments for collection and evaluation.
         video_episodes: Demonstrations replayed into the replay video.
-        train_steps: Gradient steps of the diffusion policy (UNet as in the Lift preset; the full preset
-            trains 4x longer).
+        train_steps: Gradient steps of the diffusion policy (the default state UNet, executing Ta = 4 actions
+            per chunk as in the Lift preset, which trains twice as long).
         batch_size: Training batch size.
         eval_episodes: Evaluation episodes (seeds disjoint from the demonstrations).
         eval_videos: Evaluation episodes recorded as videos.
@@ -139,7 +139,7 @@ class QuickstartConfig:
     n_envs: int = 4
     video_episodes: int = 2
     train_steps: int = 3000
-    batch_size: int = 128
+    batch_size: int = 256
     eval_episodes: int = 50
     eval_videos: int = 2
     out_dir: str = "outputs/quickstart"
@@ -174,7 +174,7 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
     print(f"[3/4] training a diffusion policy for {cfg.train_steps} steps")
     t_train = time.perf_counter()
     trained = train_bc(TrainBCConfig(
-        task=cfg.task, policy=DiffusionConfig(down_dims=[64, 128, 256], blocks_per_level=1),
+        task=cfg.task, policy=DiffusionConfig(n_action_steps=4),
         dataset=str(summary.path), out_dir=str(out / "diffusion"),
         evaluate=False, train=TrainConfig(steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
                                           checkpoint_every=max(cfg.train_steps // 4, 1),

@@ -63,6 +63,8 @@ class TrainBCConfig:
         demo_seed: Seed of the first collected demonstration (episode k uses demo_seed + k).
         image_size: Camera resolution of collected demonstrations (when the policy reads images).
         filter_key: Train only on the episodes of ``mask/<filter_key>`` (e.g. ``success``).
+        pad_after: Most padded actions a training window may have past an episode's end (default
+            ``horizon - n_obs_steps``: every step is a sample; see ``SequenceDataset``).
         env_kwargs: Env constructor arguments for collection and evaluation (e.g. ``clearance``).
         out_dir: Output directory (``{task}`` and ``{policy}`` are filled in).
         train: Optimization, EMA, checkpointing (see ``TrainConfig``).
@@ -77,6 +79,7 @@ class TrainBCConfig:
     demo_seed: int = 0
     image_size: int = 84
     filter_key: str | None = None
+    pad_after: int | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "outputs/train_bc/{task}_{policy}"
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -147,7 +150,7 @@ def train_bc(cfg: TrainBCConfig) -> TrainResult:
     policy = policy_class_for(p)(p, spec)
     policy.normalizer.fit(compute_stats(path, obs_keys=p.obs_keys))
     dataset = SequenceDataset(path, obs_keys=p.obs_keys, n_obs_steps=p.n_obs_steps, horizon=p.horizon,
-                              n_action_steps=p.n_action_steps, filter_key=cfg.filter_key)
+                              n_action_steps=p.n_action_steps, pad_after=cfg.pad_after, filter_key=cfg.filter_key)
     with EpisodeStore(path) as store:
         env_kwargs = {**store.env_args.get("env_kwargs", {}), **cfg.env_kwargs}
     for reserved in ("cameras", "image_size"):

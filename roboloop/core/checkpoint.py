@@ -132,15 +132,20 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{str(path)!r} is corrupt: {err}") from err
 
 
-def read_policy_type(path: str | Path) -> str:
+def read_policy_config(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """The policy type and its config, as saved in ``<path>/config.json`` (plain JSON values)."""
     path = Path(path)
     _recover(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist (expected a directory)")
     data = _read_json(path / CONFIG_FILE)
-    if not isinstance(data, dict) or "type" not in data or "config" not in data:
+    if not isinstance(data, dict) or "type" not in data or not isinstance(data.get("config"), dict):
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} has no policy type/config")
-    return str(data["type"])
+    return str(data["type"]), data["config"]
+
+
+def read_policy_type(path: str | Path) -> str:
+    return read_policy_config(path)[0]
 
 
 def load_policy(path: str | Path, *, device: str | torch.device = "cpu",

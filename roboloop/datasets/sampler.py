@@ -10,9 +10,13 @@ and ``horizon`` (Tp) actions starting at the first of them, of which a policy ex
 
 Windows never cross episodes. Where they run past an episode's start or end, the edge frame is
 repeated and ``<key>_is_pad`` is True for those entries, so a loss can ignore them. The sample
-index t runs over every step whose window has at most ``pad_after`` padded actions past the end
-(default ``n_action_steps - 1``, as in Diffusion Policy: the executed part of every chunk is real
-data) and at most ``n_obs_steps - 1`` padded observations before the start.
+index t runs over every step whose window has at most ``pad_after`` padded actions past the end and
+at most ``n_obs_steps - 1`` padded observations before the start. The default, ``horizon - n_obs_steps``,
+makes every recorded step a current observation (LeRobot's convention). Diffusion Policy's
+``n_action_steps - 1`` keeps the executed part of every chunk real data but never shows the policy the
+last ``horizon - n_obs_steps - n_action_steps + 1`` observations of an episode: in short episodes that end
+on success (Lift's demos are 18 steps, Tp = 16) that is the whole final phase: a diffusion policy trained
+that way had never seen a lifted cube and opened the gripper half way up.
 
 Low-dimensional keys are loaded into memory once (one preallocated array per key, so a 1M-step
 state dataset takes tens of MB); image keys stay in the file and are read lazily per sample.
@@ -49,8 +53,9 @@ class SequenceDataset(Dataset):
         obs_keys: Observation keys to load (default: all in the file).
         n_obs_steps: To.
         horizon: Tp, the length of the action chunk.
-        n_action_steps: Ta; sets the default ``pad_after``.
-        pad_after: Most padded actions allowed past an episode's end (default ``n_action_steps - 1``).
+        n_action_steps: Ta.
+        pad_after: Most padded actions allowed past an episode's end (default ``horizon - n_obs_steps``:
+            every step is a sample; ``n_action_steps - 1`` is Diffusion Policy's convention).
         filter_key: Use only the demos listed in ``mask/<filter_key>`` (e.g. ``success``).
         demos: Use only these demos (after ``filter_key``).
     """
@@ -70,7 +75,7 @@ class SequenceDataset(Dataset):
         check_horizons(n_obs_steps, horizon, n_action_steps)
         self.path = Path(path)
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
-        self.pad_after = n_action_steps - 1 if pad_after is None else int(pad_after)
+        self.pad_after = horizon - n_obs_steps if pad_after is None else int(pad_after)
         if self.pad_after < 0:
             raise ConfigError(f"pad_after must be >= 0, got {self.pad_after}")
 

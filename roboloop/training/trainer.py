@@ -33,10 +33,11 @@ from tqdm import tqdm
 from roboloop.core.checkpoint import (
     checkpoint_exists,
     load_state_dict_strict,
-    read_policy_type,
+    read_policy_config,
     read_train_state,
     save_checkpoint,
 )
+from roboloop.core.config import config_to_dict
 from roboloop.core.errors import CheckpointError, ConfigError, TrainingError
 from roboloop.core.policy import LossOutput, Policy
 from roboloop.core.spec import PolicySpec
@@ -388,10 +389,19 @@ class BCTrainer:
                         meta={**self.meta, "step": step, "ema": ema is not None, **(extra or {})})
 
     def _restore(self, policy: Policy, optimizer: Any, scheduler: Any, ema: EMA | None) -> tuple[int, Any, list]:
-        saved_type = read_policy_type(self.last_dir)
+        saved_type, saved_config = read_policy_config(self.last_dir)
         if saved_type != policy.name:
             raise CheckpointError(f"cannot resume: {str(self.last_dir)!r} holds a {saved_type!r} policy, this run "
                                   f"trains a {policy.name!r} one")
+        # Same type but another config (e.g. prediction_type) would load without a shape error and silently
+        # mix two experiments; only the sampler may differ, as ``set_sampler`` changes it on a trained policy.
+        current = json.loads(json.dumps(config_to_dict(policy.config)))
+        changed = sorted(k for k in current.keys() | saved_config.keys()
+                         if k not in ("sampler", "num_inference_steps") and current.get(k) != saved_config.get(k))
+        if changed:
+            diffs = ", ".join(f"{k}: {saved_config.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise CheckpointError(f"cannot resume: {str(self.last_dir)!r} was trained with another policy config "
+                                  f"({diffs}); use a new out_dir")
         state = read_train_state(self.last_dir)
         load_state_dict_strict(policy, state["model"], source=str(self.last_dir))
         optimizer.load_state_dict(state["optimizer"])

@@ -112,6 +112,17 @@ def test_a_checkpoint_of_another_policy_type_is_refused(lift_demos: Path, tmp_pa
         other.load(tmp_path / "checkpoints" / "last")
 
 
+def test_resuming_with_another_policy_config_is_refused(lift_demos: Path, tmp_path: Path) -> None:
+    policy, data = _tiny_mlp(lift_demos)
+    BCTrainer(policy, data, TrainConfig(steps=2, batch_size=8, progress=False, device="cpu"), tmp_path).fit()
+    spec = policy.spec
+    other = MLPPolicy(MLPConfig(hidden_dims=[16], loss="gaussian", n_obs_steps=2, horizon=8, n_action_steps=4), spec)
+    other.normalizer.load_state_dict(policy.normalizer.state_dict())
+    resume = TrainConfig(steps=4, batch_size=8, progress=False, device="cpu", resume=True)
+    with pytest.raises(CheckpointError, match="another policy config \\(loss: 'mse' -> 'gaussian'\\)"):
+        BCTrainer(other, data, resume, tmp_path).fit()
+
+
 def test_two_process_data_parallel_matches_one_process(lift_demos: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["policy.hidden_dims=[16]", "train.ema.enabled=false", "train.optimizer.warmup_steps=0"]

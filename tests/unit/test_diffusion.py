@@ -179,9 +179,9 @@ def _seeded_loss(policy: Policy, batch: dict[str, torch.Tensor]) -> float:
         return float(np.mean([policy.compute_loss(batch).loss.item() for _ in range(8)]))
 
 
-@pytest.mark.parametrize(("overrides", "images"), [({}, False), ({"prediction_type": "sample"}, False),
+@pytest.mark.parametrize(("overrides", "images"), [({}, False), ({"prediction_type": "epsilon"}, False),
                                                    (TINY_TRANSFORMER, False), ({}, True)],
-                         ids=["unet-epsilon", "unet-sample", "transformer", "unet-images"])
+                         ids=["unet-sample", "unet-epsilon", "transformer", "unet-images"])
 def test_loss_decreases_on_a_fixed_batch(overrides: dict[str, object], images: bool) -> None:
     policy = make_policy(images=images, **overrides).train()
     batch = make_batch(images=images)

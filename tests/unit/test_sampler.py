@@ -47,8 +47,16 @@ def test_pad_after_limits_padding_past_the_end(synthetic_file: Path) -> None:
             assert (actions[b, first_pad:] == actions[b, first_pad - 1]).all(), "padding repeats the last action"
 
 
-def test_default_pad_after_keeps_executed_actions_real(synthetic_file: Path) -> None:
+def test_default_window_makes_every_step_a_sample(synthetic_file: Path) -> None:
+    # Short episodes that end on success must show the policy their final phase too.
     ds = SequenceDataset(synthetic_file, n_obs_steps=2, horizon=8, n_action_steps=4)
+    assert len(ds) == ds.num_steps
+    batch = ds.get_batch(np.arange(len(ds)))
+    assert batch["action_is_pad"][:, 1:].sum(axis=1).max() == 8 - 2  # the last step: only its own action is real
+
+
+def test_diffusion_policy_window_keeps_executed_actions_real(synthetic_file: Path) -> None:
+    ds = SequenceDataset(synthetic_file, n_obs_steps=2, horizon=8, n_action_steps=4, pad_after=4 - 1)
     batch = ds.get_batch(np.arange(len(ds)))
     executed = batch["action_is_pad"][:, 1 : 1 + 4]  # steps t .. t + Ta - 1
     assert not executed.any()

@@ -27,6 +27,10 @@ class DiffusionConfig(PolicyConfig):
     (``benchmarks/diffusion_latency.py``). At batch 1 the time goes to the number of small ops per denoising
     step more than to their width, so the default has two levels of one residual block each.
 
+    The denoiser predicts the clean chunk (``prediction_type="sample"``), not the noise as in the paper: with a
+    network this small, noise prediction learns the observation conditioning far more slowly (Lift, 100 demos:
+    ``epsilon`` 15% success after 4000 steps, ``sample`` 90% after 3000 and 95% over 100 episodes after 6000).
+
     Attributes:
         denoiser: ``unet`` (1D temporal UNet with FiLM conditioning) or ``transformer`` (time-series
             transformer whose action tokens attend to the diffusion step and observation tokens).
@@ -46,7 +50,8 @@ class DiffusionConfig(PolicyConfig):
         causal_attn: Action token i attends only to action tokens <= i and observation tokens up to its time.
         num_train_timesteps: Diffusion steps of the forward (noising) process.
         beta_schedule: Noise schedule: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``.
-        prediction_type: What the denoiser predicts: ``epsilon`` (the noise) or ``sample`` (the clean chunk).
+        prediction_type: What the denoiser predicts: ``sample`` (the clean chunk) or ``epsilon`` (the noise,
+            Diffusion Policy's choice with its 65M-parameter UNet).
         clip_sample: Clip the predicted clean chunk to [-1, 1] (the normalized action range) while sampling.
         sampler: ``ddim`` (deterministic given the initial noise) or ``ddpm`` (adds noise at every step).
         num_inference_steps: Denoising steps at inference, 1 .. ``num_train_timesteps``
@@ -80,7 +85,7 @@ class DiffusionConfig(PolicyConfig):
     # diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    prediction_type: str = "sample"
     clip_sample: bool = True
     sampler: str = "ddim"
     num_inference_steps: int = 10
