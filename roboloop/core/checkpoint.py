@@ -15,6 +15,7 @@ moves the old one aside first; if a run dies between the two renames the old one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,9 +75,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, policy: Policy, *, state_dict: dict[str, torch.Tensor] | None = None,
-                    train_state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``policy`` (or ``state_dict`` in its place, e.g. EMA weights) as checkpoint directory ``path``."""
+@contextlib.contextmanager
+def atomic_checkpoint_dir(path: str | Path) -> Iterator[Path]:
+    """Write a checkpoint directory atomically: fill the yielded temporary directory; on success it replaces
+    ``path`` (files fsynced, the previous checkpoint kept as ``.<name>.old`` until the new one is in place, so
+    a run killed at any moment leaves either the old or the new checkpoint; see ``_recover``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -83,21 +87,11 @@ def save_checkpoint(path: str | Path, policy: Policy, *, state_dict: dict[str, t
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = state_dict if state_dict is not None else policy.state_dict()
-        # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / MODEL_FILE))
-        _write_json(tmp / CONFIG_FILE, {"type": policy.name, "config": config_to_dict(policy.config)})
-        _write_json(tmp / SPEC_FILE, policy.spec.to_dict())
-        from roboloop import __version__
-
-        _write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "roboloop_version": __version__,
-                                      "git_commit": git_commit(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                      **(meta or {})})
-        if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE_FILE)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -106,7 +100,38 @@ def save_checkpoint(path: str | Path, policy: Policy, *, state_dict: dict[str, t
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+
+def base_meta(meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``meta.json`` contents: format and package versions, git commit, time, plus ``meta``."""
+    from roboloop import __version__
+
+    return {"format_version": FORMAT_VERSION, "roboloop_version": __version__, "git_commit": git_commit(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
+
+
+def save_checkpoint(path: str | Path, policy: Policy, *, state_dict: dict[str, torch.Tensor] | None = None,
+                    train_state: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``policy`` (or ``state_dict`` in its place, e.g. EMA weights) as checkpoint directory ``path``."""
+    with atomic_checkpoint_dir(path) as tmp:
+        weights = state_dict if state_dict is not None else policy.state_dict()
+        # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(tmp / MODEL_FILE))
+        _write_json(tmp / CONFIG_FILE, {"type": policy.name, "config": config_to_dict(policy.config)})
+        _write_json(tmp / SPEC_FILE, policy.spec.to_dict())
+        _write_json(tmp / META_FILE, base_meta(meta))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE_FILE)
+    return Path(path)
+
+
+def save_train_state(path: str | Path, train_state: dict[str, Any], *, meta: dict[str, Any] | None = None) -> Path:
+    """A resumable checkpoint without a policy (e.g. an RL actor on a plain vector env): ``train_state.pt``
+    (tensors, numbers, strings: loadable with ``weights_only=True``) and ``meta.json``, written atomically."""
+    with atomic_checkpoint_dir(path) as tmp:
+        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        _write_json(tmp / META_FILE, base_meta(meta))
+    return Path(path)
 
 
 def _recover(path: Path) -> None:
@@ -192,6 +217,7 @@ def load_state_dict_strict(module: torch.nn.Module, weights: dict[str, torch.Ten
 
 
 def read_train_state(path: str | Path) -> dict[str, Any]:
+    _recover(Path(path))
     file = Path(path) / TRAIN_STATE_FILE
     if not file.exists():
         raise CheckpointError(f"{str(path)!r} has no {TRAIN_STATE_FILE}: it cannot be resumed from")

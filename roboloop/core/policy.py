@@ -15,7 +15,7 @@ import abc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Self
+from typing import Any, ClassVar, NamedTuple, Protocol, Self, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -167,6 +167,20 @@ class Policy(nn.Module, abc.ABC):
         from roboloop.core.checkpoint import load_policy
 
         return load_policy(path, device=device, expected=None if cls is Policy else cls)  # type: ignore[return-value]
+
+
+@runtime_checkable
+class Actor(Protocol):
+    """What RL algorithms train (PPO here; SAC-style ones later): a stochastic head that samples actions with
+    their log-probabilities and re-evaluates stored ones. ``roboloop.policies.gaussian_mlp.GaussianMLP`` is one
+    over flat observation vectors (a residual head, or a policy on a plain vector env); ``StochasticPolicy``
+    provides the same three methods over raw observation dicts."""
+
+    def sample(self, obs: Any, *, deterministic: bool = False) -> ActorOutput: ...
+
+    def evaluate(self, actor_obs: Tensor, actor_action: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
 
 
 class StochasticPolicy(Policy):
