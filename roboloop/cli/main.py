@@ -43,6 +43,11 @@ def _commands() -> dict[str, Command]:
 
         return train_bc
 
+    def residual() -> Any:
+        from roboloop.cli import train_residual
+
+        return train_residual
+
     return {
         "collect": Command(lambda: commands.CollectConfig, commands.run_collect,
                            "record scripted-expert demonstrations into an episode file"),
@@ -55,6 +60,9 @@ def _commands() -> dict[str, Command]:
         "train-bc": Command(lambda: bc().TrainBCConfig, lambda cfg: bc().run_train_bc(cfg),
                             "behavior cloning (policy=diffusion|act|mlp) from expert demonstrations",
                             register=lambda: bc().register_policy_configs()),
+        "train-residual": Command(lambda: residual().TrainResidualConfig,
+                                  lambda cfg: residual().run_train_residual(cfg),
+                                  "refine a frozen BC checkpoint (base=...) with residual PPO"),
         "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
                         "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }

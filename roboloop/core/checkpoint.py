@@ -122,6 +122,7 @@ def save_checkpoint(path: str | Path, policy: Policy, *, state_dict: dict[str, t
         _write_json(tmp / META_FILE, base_meta(meta))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        policy.save_parts(tmp)
     return Path(path)
 
 
@@ -177,22 +178,24 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu",
                 expected: type[Policy] | None = None) -> Policy:
     """Build the checkpoint's policy from its config and spec, load its weights strictly, return it in eval mode."""
     from roboloop.policies import POLICIES
+    from roboloop.residual_rl.policy import ResidualPolicy
 
+    known = {**POLICIES, ResidualPolicy.name: ResidualPolicy}
     path = Path(path)
     policy_type = read_policy_type(path)
     if expected is not None and policy_type != expected.name:
         raise CheckpointError(f"{str(path)!r} holds a {policy_type!r} policy, not a {expected.name!r} one")
-    if policy_type not in POLICIES:
+    if policy_type not in known:
         raise CheckpointError(f"{str(path)!r} holds an unknown policy type {policy_type!r}; "
-                              f"known: {sorted(POLICIES)}")
-    cls = POLICIES[policy_type]
+                              f"known: {sorted(known)}")
+    cls = known[policy_type]
     try:
         config = config_from_dict(cls.config_cls, _read_json(path / CONFIG_FILE)["config"])
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{str(path)!r}: config does not fit this version's {policy_type!r} "
                               f"policy: {err}") from err
     spec = PolicySpec.from_dict(_read_json(path / SPEC_FILE))
-    policy = cls(config, spec)
+    policy = cls.from_checkpoint_parts(config, spec, path)
     if not (path / MODEL_FILE).exists():
         raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}")
     try:
@@ -214,6 +217,13 @@ def load_state_dict_strict(module: torch.nn.Module, weights: dict[str, torch.Ten
         raise CheckpointError(f"{source}: weights do not fit the policy (missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}, shape mismatches {shapes[:5]})")
     module.load_state_dict(weights, strict=True)
+
+
+def train_state_exists(path: str | Path) -> bool:
+    """Whether ``path`` holds a resumable training state (a policy checkpoint or a policy-less one)."""
+    path = Path(path)
+    _recover(path)
+    return (path / TRAIN_STATE_FILE).exists()
 
 
 def read_train_state(path: str | Path) -> dict[str, Any]:

@@ -155,6 +155,15 @@ class Policy(nn.Module, abc.ABC):
                              f"{want[1]}) (B, horizon, action_dim)")
 
     # ------------------------------------------------------------------------------ persistence
+    @classmethod
+    def from_checkpoint_parts(cls, config: PolicyConfig, spec: PolicySpec, path: Path) -> Self:
+        """Build the (untrained) policy a checkpoint directory ``path`` describes, before its weights are loaded.
+        A policy made of other policies (a residual policy and its base) overrides it to load its parts."""
+        return cls(config, spec)
+
+    def save_parts(self, directory: Path) -> None:  # noqa: B027 - most policies are a single module
+        """Write what ``from_checkpoint_parts`` needs besides this policy's own files into ``directory``."""
+
     def save(self, path: str | Path, **kwargs: Any) -> Path:
         """Write a checkpoint directory (config.json, spec.json, model.safetensors, meta.json)."""
         from roboloop.core.checkpoint import save_checkpoint

@@ -11,6 +11,10 @@ action per step lives here, per sub-environment:
 * or, with ``temporal_ensemble_coeff``, ACT's temporal ensembling: the policy is queried every step and the
   executed action averages every prediction made so far for the current step.
 
+A residual policy in per-step mode (``policy.corrects_each_step``) splits the two: the queue holds its frozen
+base's chunk, and every step each queued base action is corrected from the current observation by
+``policy.correct(history, base_action)``.
+
 Sub-envs are independent: ``reset(env_ids)`` clears only those, and ``act(obs, active=mask)`` leaves
 finished or idle sub-envs untouched (they get zero actions and never reach the policy).
 """
@@ -66,6 +70,12 @@ class ChunkExecutor:
             raise ConfigError(f"n_action_steps must be in [1, {spec.n_action_steps}] (the policy returns "
                               f"{spec.n_action_steps} actions per query), got {n_action_steps}")
         self.policy = policy
+        # A per-step residual policy: chunks come from its base, every executed action from ``correct``.
+        self.corrects_each_step = bool(getattr(policy, "corrects_each_step", False))
+        self.chunk_policy: Policy = policy.base if self.corrects_each_step else policy  # type: ignore[attr-defined]
+        if self.corrects_each_step and temporal_ensemble_coeff is not None:
+            raise ConfigError("temporal ensembling averages whole chunks; a per-step residual policy corrects "
+                              "each action as it is executed")
         self.n_envs = int(n_envs)
         self.n_obs_steps = spec.n_obs_steps
         self.chunk_size = spec.n_action_steps  # Ta: actions per policy query
@@ -131,7 +141,25 @@ class ChunkExecutor:
             self._n_queued[empty] = self.n_action_steps
         actions[active_ids] = self._queue[active_ids, self.n_action_steps - self._n_queued[active_ids]]
         self._n_queued[active_ids] -= 1
+        if self.corrects_each_step:
+            batch = {k: torch.from_numpy(self._history[k][active_ids]).to(self.device) for k in self._keys}
+            base_action = torch.from_numpy(actions[active_ids]).to(self.device)
+            with torch.no_grad():
+                corrected = self.policy.correct(batch, base_action, deterministic=self.deterministic)  # type: ignore[attr-defined]
+            actions[active_ids] = corrected.detach().to("cpu", torch.float32).numpy()
         return actions
+
+    def observe(self, obs: Mapping[str, np.ndarray], active: np.ndarray | None = None) -> None:
+        """Push the current observation of the active sub-envs into their history without asking the policy
+        for an action (for callers that plan chunks themselves, e.g. a chunk-mode residual env)."""
+        active_ids = self._active_ids(active)
+        if active_ids.size:
+            self._append(obs, active_ids)
+
+    def observation_history(self, env_ids: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The observation histories of ``env_ids`` (all when None) as a policy batch ``{key: (B, To, *shape)}``."""
+        ids = np.arange(self.n_envs) if env_ids is None else self._check_ids(env_ids)
+        return {k: h[ids].copy() for k, h in self._history.items()}
 
     def history(self, env_id: int) -> dict[str, np.ndarray]:
         """A copy of env ``env_id``'s observation history, ``{key: (To, *shape)}`` oldest first."""
@@ -185,11 +213,13 @@ class ChunkExecutor:
         """Run the policy on envs ``ids`` (one batch): returns their chunks, (len(ids), Ta, Da) float32."""
         batch = {k: torch.from_numpy(self._history[k][ids]).to(self.device) for k in self._keys}
         with torch.no_grad():
-            chunk = self.policy.act(batch, deterministic=self.deterministic)
+            # A per-step residual's base plans deterministically; the residual's exploration is the head's.
+            deterministic = True if self.corrects_each_step else self.deterministic
+            chunk = self.chunk_policy.act(batch, deterministic=deterministic)
         self.n_queries += 1
         expected = (len(ids), self.chunk_size, self.action_dim)
         if tuple(chunk.shape) != expected:
-            raise InputError(f"{type(self.policy).__name__}.act returned shape {tuple(chunk.shape)}, expected "
+            raise InputError(f"{type(self.chunk_policy).__name__}.act returned shape {tuple(chunk.shape)}, expected "
                              f"{expected} (B, n_action_steps, action_dim)")
         return chunk.detach().to("cpu", torch.float32).numpy()
 

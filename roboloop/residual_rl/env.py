@@ -1,0 +1,228 @@
+"""``ResidualVecEnv``: the frozen base policy as part of the environment, so any PPO trains the residual head.
+
+The wrapped env is a roboloop vector env (dict observations, ``AutoresetMode.DISABLED``, as
+``roboloop.datasets.collection.make_vector_env`` builds it). Outwardly the wrapper is an ordinary
+``gymnasium.vector.VectorEnv`` with flat ``Box`` spaces and gymnasium's ``SAME_STEP`` autoreset: our PPO and
+stable-baselines3's see nothing but a vector of floats in and out.
+
+* Observation (float32): the head's input, ``ResidualPolicy.head_obs``: the normalized current low-dim
+  observation and, in ``step`` mode, the normalized base action for this step.
+* Action: the head's delta, (Da,) in ``step`` mode, (Ta * Da,) in ``chunk`` mode; the wrapper applies
+  ``ResidualPolicy.compose`` and steps the inner env.
+* ``step`` mode: one wrapper step is one env step. The base runs batched over all sub-envs whose chunk queue is
+  empty (once every Ta steps, the same ``ChunkExecutor`` as in evaluation), so what PPO trains on is exactly
+  what ``roboloop eval`` runs.
+* ``chunk`` mode: one wrapper step executes a whole chunk (Ta env steps); its reward is the sum over them. A
+  sub-env whose episode ends inside the chunk is reset at once and runs its base alone for the rest of the chunk
+  (the head's next decision for it is at the next chunk boundary).
+
+A finished episode's last head observation is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``
+(masks ``_final_obs``/``_final_info``), as gymnasium's SAME_STEP vector envs do, so truncation can bootstrap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from roboloop.core.errors import ConfigError, InputError
+from roboloop.core.spec import PolicySpec
+from roboloop.envs.executor import ChunkExecutor
+from roboloop.residual_rl.policy import ResidualPolicy
+
+
+def env_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
+    """Sub-env ``i``'s own info dict out of a vector env's batched ``infos`` (keys whose mask is set for it)."""
+    out: dict[str, Any] = {}
+    for key, value in infos.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, dict):
+            out[key] = env_info(value, i)
+        elif infos.get(f"_{key}", np.ones(len(value), dtype=bool))[i]:
+            item = value[i]
+            out[key] = item.item() if isinstance(item, np.generic) else item
+    return out
+
+
+class ResidualVecEnv(VectorEnv):
+    """Wraps ``envs`` so that its actions are residual deltas on top of ``policy.base``.
+
+    Args:
+        envs: Roboloop vector env with ``AutoresetMode.DISABLED`` whose spaces fit the base's spec.
+        policy: The residual policy whose head is being trained (its base runs inside the wrapper).
+    """
+
+    def __init__(self, envs: VectorEnv, policy: ResidualPolicy) -> None:
+        if envs.metadata.get("autoreset_mode") != AutoresetMode.DISABLED:
+            raise ConfigError("ResidualVecEnv needs an inner vector env with autoreset_mode=AutoresetMode.DISABLED "
+                              "(it resets finished sub-envs itself); use make_vector_env")
+        env_spec = PolicySpec.from_env(envs, obs_keys=list(policy.spec.obs_shapes))
+        policy.spec.check_compatible(env_spec, what="the environment")
+        if not np.allclose(env_spec.action_low, policy.spec.action_low) or not np.allclose(
+                env_spec.action_high, policy.spec.action_high):
+            raise InputError(f"the environment's action bounds {env_spec.action_low}..{env_spec.action_high} differ "
+                             f"from the base policy's {policy.spec.action_low}..{policy.spec.action_high}")
+        self.envs = envs
+        self.policy = policy
+        self.num_envs = envs.num_envs
+        self.mode = policy.config.mode
+        spec = policy.spec
+        self.chunk_size = spec.n_action_steps
+        head_in = policy.obs_dim + (spec.action_dim if self.mode == "step" else 0)
+        head_out = spec.action_dim * (1 if self.mode == "step" else self.chunk_size)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (head_in,), np.float32)
+        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, (head_out,), np.float32)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.metadata = {**envs.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.render_mode = envs.render_mode
+        self.spec = None
+        # The base's chunk queue and observation history, per sub-env: the evaluation runner's executor.
+        self.executor = ChunkExecutor(policy.base, self.num_envs)
+        self._base_action = np.zeros((self.num_envs, spec.action_dim), dtype=np.float32)  # step mode
+        self._base_chunk = np.zeros((self.num_envs, self.chunk_size, spec.action_dim), dtype=np.float32)
+        self._raw_obs: dict[str, np.ndarray] = {}
+        self.base_queries = 0
+
+    # ------------------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | list[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, infos = self.envs.reset(seed=seed, options=options)
+        self._check(obs, None, np.arange(self.num_envs))
+        self.executor.reset()
+        self._raw_obs = {k: np.array(v) for k, v in obs.items()}
+        ids = np.arange(self.num_envs)
+        if self.mode == "chunk":
+            self.executor.observe(self._raw_obs)
+        self._plan(ids)
+        return self._head_obs(ids), infos
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        delta = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
+        if delta.shape[1] != self.single_action_space.shape[0]:
+            raise InputError(f"residual actions have shape {np.shape(actions)}, expected "
+                             f"({self.num_envs}, {self.single_action_space.shape[0]})")
+        if not np.isfinite(delta).all():
+            raise InputError(f"residual actions of sub-env(s) {np.flatnonzero(~np.isfinite(delta).all(1)).tolist()} "
+                             f"contain NaN or inf")
+        if self.mode == "step":
+            return self._step_once(self._compose(self._base_action, delta))
+        return self._step_chunk(delta.reshape(self.num_envs, self.chunk_size, -1))
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.envs.close()
+
+    # ------------------------------------------------------------------------------ internals
+    def _compose(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            device = self.policy.device
+            out = self.policy.compose(torch.from_numpy(base).to(device), torch.from_numpy(delta).to(device))
+        return out.cpu().numpy().astype(np.float32)
+
+    def _plan(self, ids: np.ndarray) -> None:
+        """The base's next action (step mode) or chunk (chunk mode) for sub-envs ``ids`` from their history."""
+        active = np.zeros(self.num_envs, dtype=bool)
+        active[ids] = True
+        if self.mode == "step":
+            before = self.executor.n_queries
+            self._base_action[ids] = self.executor.act(self._raw_obs, active=active)[ids]
+            self.base_queries += self.executor.n_queries - before
+            return
+        batch = self.executor.observation_history(ids)  # chunk mode: the caller has observed already
+        with torch.no_grad():
+            chunk = self.policy.base.act({k: torch.from_numpy(v).to(self.policy.device) for k, v in batch.items()})
+        self.base_queries += 1
+        self._base_chunk[ids] = chunk.cpu().numpy()
+
+    def _head_obs(self, ids: np.ndarray) -> np.ndarray:
+        history = self.executor.observation_history(ids)
+        with torch.no_grad():
+            batch = {k: torch.from_numpy(v).to(self.policy.device) for k, v in history.items()}
+            base = torch.from_numpy(self._base_action[ids]).to(self.policy.device) if self.mode == "step" else None
+            return self.policy.head_obs(batch, base).cpu().numpy().astype(np.float32)
+
+    def _check(self, obs: dict[str, np.ndarray], rewards: np.ndarray | None, ids: np.ndarray) -> None:
+        for key in self.policy.spec.lowdim_keys:
+            bad = ids[~np.isfinite(np.asarray(obs[key])[ids]).reshape(len(ids), -1).all(axis=1)]
+            if bad.size:
+                raise InputError(f"observation {key!r} of sub-env(s) {bad.tolist()} contains NaN or inf")
+        if rewards is not None and not np.isfinite(rewards[ids]).all():
+            raise InputError(f"reward of sub-env(s) {ids[~np.isfinite(rewards[ids])].tolist()} is NaN or inf")
+
+    def _advance(self, env_actions: np.ndarray, infos_out: dict[str, Any], running: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every sub-env once; sub-envs that finish record their final head observation and info into
+        ``infos_out`` when ``running`` (their episode belongs to the current transition) and are reset."""
+        obs, rewards, terminated, truncated, infos = self.envs.step(env_actions)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        self._check(obs, rewards, np.arange(self.num_envs))
+        self._raw_obs = {k: np.array(v) for k, v in obs.items()}
+        done = np.asarray(terminated) | np.asarray(truncated)
+        alive = np.flatnonzero(~done)
+        if alive.size:
+            if self.mode == "step":
+                self._plan(alive)
+            else:
+                self.executor.observe(self._raw_obs, active=~done)
+        finished = np.flatnonzero(done)
+        if finished.size:
+            if self.mode == "step":
+                self._plan(finished)  # the base action at the final observation, for the final head observation
+            else:
+                active = np.zeros(self.num_envs, dtype=bool)
+                active[finished] = True
+                self.executor.observe(self._raw_obs, active=active)
+            final_obs = self._head_obs(finished)
+            for row, i in enumerate(finished):
+                if running[i]:
+                    self._add_info(infos_out, {"final_obs": final_obs[row], "final_info": env_info(infos, i)}, i)
+            mask = np.zeros(self.num_envs, dtype=bool)
+            mask[finished] = True
+            new_obs, _ = self.envs.reset(options={"reset_mask": mask})
+            self._check(new_obs, None, finished)
+            for k in self._raw_obs:
+                self._raw_obs[k][finished] = np.asarray(new_obs[k])[finished]
+            self.executor.reset(finished)
+            if self.mode == "step":
+                self._plan(finished)
+            else:
+                self.executor.observe(self._raw_obs, active=mask)
+        return rewards, np.asarray(terminated), np.asarray(truncated), done
+
+    def _step_once(self, env_actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                           dict[str, Any]]:
+        infos: dict[str, Any] = {}
+        rewards, terminated, truncated, _ = self._advance(env_actions, infos, np.ones(self.num_envs, dtype=bool))
+        return self._head_obs(np.arange(self.num_envs)), rewards, terminated, truncated, infos
+
+    def _step_chunk(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                      dict[str, Any]]:
+        n = self.num_envs
+        infos: dict[str, Any] = {}
+        total = np.zeros(n, dtype=np.float64)
+        terminated, truncated = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        running = np.ones(n, dtype=bool)  # still in the episode this transition started in
+        chunk = self._compose(self._base_chunk, delta)  # (N, Ta, Da)
+        # Sub-envs whose episode ends inside the chunk restart at once and run their new episode's own base
+        # chunk, from its first action, for the rest of this one.
+        position = np.zeros(n, dtype=np.int64)  # index of each sub-env's next action in its base chunk
+        rows = np.arange(n)
+        for j in range(self.chunk_size):
+            actions = np.where(running[:, None], chunk[:, j], self._base_chunk[rows, position])
+            rewards, term, trunc, done = self._advance(actions, infos, running)
+            total += np.where(running, rewards, 0.0)
+            terminated |= running & term
+            truncated |= running & trunc
+            position += 1
+            restarted = np.flatnonzero(done)
+            if restarted.size and j < self.chunk_size - 1:
+                self._plan(restarted)
+                position[restarted] = 0
+            running &= ~done
+        self._plan(np.arange(n))  # every sub-env starts a new chunk at the next wrapper step
+        return self._head_obs(np.arange(n)), total, terminated, truncated, infos

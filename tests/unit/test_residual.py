@@ -1,0 +1,182 @@
+"""ResidualPolicy and ResidualVecEnv: a zero head is the base, the base stays frozen, the training env runs
+exactly what evaluation runs, checkpoints carry their base, and bad input gets a clear error (tiny nets)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roboloop.core.errors import CheckpointError, ConfigError, InputError
+from roboloop.core.policy import Policy
+from roboloop.core.spec import PolicySpec
+from roboloop.datasets.collection import make_vector_env
+from roboloop.datasets.stats import compute_stats
+from roboloop.envs import make
+from roboloop.envs.executor import ChunkExecutor
+from roboloop.policies import DiffusionConfig, DiffusionPolicy, MLPConfig, MLPPolicy
+from roboloop.residual_rl.env import ResidualVecEnv
+from roboloop.residual_rl.policy import ResidualConfig, ResidualPolicy
+
+TO, TP, TA = 2, 8, 4
+
+
+def lift_spec() -> PolicySpec:
+    env = make("Lift")
+    spec = PolicySpec.from_env(env, obs_keys=["observation.state"], n_obs_steps=TO, horizon=TP, n_action_steps=TA)
+    env.close()
+    return spec
+
+
+def make_base(lift_demos: Path, kind: str = "mlp") -> Policy:
+    spec = lift_spec()
+    torch.manual_seed(0)
+    if kind == "mlp":
+        base: Policy = MLPPolicy(MLPConfig(hidden_dims=[16], n_obs_steps=TO, horizon=TP, n_action_steps=TA), spec)
+    else:
+        base = DiffusionPolicy(DiffusionConfig(down_dims=[16, 32], step_embed_dim=16, n_groups=4, n_obs_steps=TO,
+                                               horizon=TP, n_action_steps=TA), spec)
+    base.normalizer.fit(compute_stats(lift_demos, obs_keys=["observation.state"]))
+    return base.eval()
+
+
+def randomize_head(policy: ResidualPolicy) -> None:
+    torch.manual_seed(1)
+    torch.nn.init.normal_(policy.head.mean_layer.weight, std=0.5)
+
+
+def lift_obs(batch: int = 3) -> dict[str, torch.Tensor]:
+    env = make("Lift")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    state = torch.as_tensor(obs["observation.state"]).float()
+    return {"observation.state": state.expand(batch, TO, -1).clone() + 0.01 * torch.randn(batch, TO, state.shape[0])}
+
+
+@pytest.mark.parametrize("mode", ["step", "chunk"])
+def test_a_zero_head_reproduces_the_base(lift_demos: Path, mode: str) -> None:
+    base = make_base(lift_demos)
+    policy = ResidualPolicy.from_base(base, ResidualConfig(mode=mode))
+    obs = lift_obs()
+    torch.testing.assert_close(policy.act(obs), base.act(obs), rtol=0, atol=0)
+    # And through the executor, over real episodes: the same actions as the base's own executor.
+    env_a, env_b = make("Lift"), make("Lift")
+    ex_res, ex_base = ChunkExecutor(policy, 1), ChunkExecutor(base, 1)
+    obs_a, _ = env_a.reset(seed=3)
+    obs_b, _ = env_b.reset(seed=3)
+    for _ in range(12):
+        a = ex_res.act({k: v[None] for k, v in obs_a.items()})
+        b = ex_base.act({k: v[None] for k, v in obs_b.items()})
+        np.testing.assert_array_equal(a, b)
+        obs_a, *_ = env_a.step(a[0])
+        obs_b, *_ = env_b.step(b[0])
+
+
+def test_the_base_is_frozen_three_ways(lift_demos: Path) -> None:
+    base = make_base(lift_demos, "diffusion")
+    policy = ResidualPolicy.from_base(base)
+    assert not any(p.requires_grad for p in base.parameters())
+    policy.train()
+    assert policy.head.training and not base.training  # train() never reaches the base
+    trainable = {id(p) for p in policy.trainable_parameters()}
+    assert trainable and not trainable & {id(p) for p in base.parameters()}
+    assert base.config.num_inference_steps == 4  # the residual's base sampler setting (ResiP: 4 DDIM steps)
+
+
+def test_a_step_mode_head_corrects_from_the_base_action(lift_demos: Path) -> None:
+    base = make_base(lift_demos)
+    policy = ResidualPolicy.from_base(base, ResidualConfig(scale=0.2))
+    randomize_head(policy)
+    obs = lift_obs()
+    base_action = base.act(obs)[:, 0]
+    corrected = policy.correct(obs, base_action)
+    head_in = policy.head_obs(obs, base_action)
+    assert head_in.shape == (3, policy.obs_dim + base.spec.action_dim)
+    delta = policy.head(head_in)[0]
+    expected = policy.unnormalize_action(policy.normalize_action(base_action) + 0.2 * delta)
+    torch.testing.assert_close(corrected, expected)
+    assert not torch.allclose(corrected, base_action)
+
+
+@pytest.mark.parametrize("mode", ["step", "chunk"])
+def test_the_training_env_runs_what_evaluation_runs(lift_demos: Path, mode: str) -> None:
+    """Residual env driven by the head's mean == ChunkExecutor(residual policy) on the same seeded episode."""
+    policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), ResidualConfig(mode=mode))
+    randomize_head(policy)
+    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy)
+    # The base plans chunk k right after the env step that precedes it (at reset for the first): seed there.
+    torch.manual_seed(5)
+    head_obs, _ = venv.reset(seed=11)
+    wrapper_states = []
+    steps_per_call = 1 if mode == "step" else TA
+    for _ in range(16 // steps_per_call):
+        torch.manual_seed(5)  # the base's sampling noise: the same draw on both sides
+        delta = policy.head.sample(torch.from_numpy(head_obs), deterministic=True).actor_action.numpy()
+        head_obs, _, terminated, truncated, _ = venv.step(delta)
+        assert not (terminated | truncated).any()
+        wrapper_states.append(venv.envs.call("get_state")[0].copy())
+
+    env = make("Lift")
+    obs, _ = env.reset(seed=11)
+    executor = ChunkExecutor(policy, 1)
+    eval_states = []
+    for t in range(16):
+        if t % TA == 0:
+            torch.manual_seed(5)
+        obs, *_ = env.step(executor.act({k: v[None] for k, v in obs.items()})[0])
+        if (t + 1) % steps_per_call == 0:
+            eval_states.append(env.unwrapped.get_state().copy())
+    np.testing.assert_allclose(np.stack(wrapper_states), np.stack(eval_states), rtol=0, atol=1e-12)
+
+
+def test_finished_episodes_report_their_final_observation(lift_demos: Path) -> None:
+    policy = ResidualPolicy.from_base(make_base(lift_demos))
+    venv = ResidualVecEnv(make_vector_env("Lift", {"max_episode_steps": 5}, 2, "sync"), policy)
+    head_obs, _ = venv.reset(seed=0)
+    for _ in range(4):
+        head_obs, _, terminated, truncated, infos = venv.step(np.zeros((2, 5), np.float32))
+        assert "final_obs" not in infos
+    head_obs, _, terminated, truncated, infos = venv.step(np.zeros((2, 5), np.float32))
+    assert truncated.all() and not terminated.any() and infos["_final_obs"].all()
+    assert infos["final_obs"][0].shape == head_obs[0].shape
+    assert not np.allclose(infos["final_obs"][0], head_obs[0])  # the final one, not the reset one
+    assert "is_success" in infos["final_info"]
+
+
+def test_checkpoints_carry_their_base(lift_demos: Path, tmp_path: Path) -> None:
+    policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), ResidualConfig(mode="chunk"))
+    randomize_head(policy)
+    policy.save(tmp_path / "residual")
+    assert not any(k.startswith("base.") for k in policy.state_dict())
+    loaded = Policy.load(tmp_path / "residual")
+    assert isinstance(loaded, ResidualPolicy) and loaded.base.name == "diffusion"
+    obs = lift_obs()
+    torch.manual_seed(0)
+    expected = policy.act(obs)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded.act(obs), expected)
+
+    shutil.rmtree(tmp_path / "residual" / "base")
+    with pytest.raises(CheckpointError, match="has no base policy"):
+        Policy.load(tmp_path / "residual")
+
+
+def test_bad_input_is_refused(lift_demos: Path) -> None:
+    policy = ResidualPolicy.from_base(make_base(lift_demos))
+    with pytest.raises(InputError, match="the environment has no observation|the environment: observation"):
+        ResidualVecEnv(make_vector_env("FetchPickAndPlace-v4", {}, 1, "sync"), policy)  # a Lift base elsewhere
+    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy)
+    venv.reset(seed=0)
+    with pytest.raises(InputError, match="NaN"):
+        venv.step(np.full((1, 5), np.nan, np.float32))
+    with pytest.raises(InputError, match="expected"):
+        venv.step(np.zeros((1, 7), np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        policy.head_obs({"observation.state": torch.full((1, TO, 16), float("nan"))}, torch.zeros(1, 5))
+    with pytest.raises(ConfigError, match="reinforcement learning"):
+        policy.compute_loss({})
+    with pytest.raises(ConfigError, match="mode"):
+        ResidualConfig(mode="sometimes")
