@@ -7,8 +7,8 @@ stable-baselines3's see nothing but a vector of floats in and out.
 
 * Observation (float32): the head's input, ``ResidualPolicy.head_obs``: the normalized current low-dim
   observation and, in ``step`` mode, the normalized base action for this step.
-* Action: the head's delta, (Da,) in ``step`` mode, (Ta * Da,) in ``chunk`` mode; the wrapper applies
-  ``ResidualPolicy.compose`` and steps the inner env.
+* Action: the head's delta in [-1, 1], (Da,) in ``step`` mode, (Ta * Da,) in ``chunk`` mode; the wrapper
+  applies ``ResidualPolicy.compose`` and steps the inner env.
 * ``step`` mode: one wrapper step is one env step. The base runs batched over all sub-envs whose chunk queue is
   empty (once every Ta steps, the same ``ChunkExecutor`` as in evaluation), so what PPO trains on is exactly
   what ``roboloop eval`` runs.
@@ -76,7 +76,7 @@ class ResidualVecEnv(VectorEnv):
         head_in = policy.obs_dim + (spec.action_dim if self.mode == "step" else 0)
         head_out = spec.action_dim * (1 if self.mode == "step" else self.chunk_size)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (head_in,), np.float32)
-        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, (head_out,), np.float32)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (head_out,), np.float32)  # compose() clips to it
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.metadata = {**envs.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}

@@ -4,7 +4,7 @@ ResiP (Ankile et al., 2024) and Policy Decorator (Yuan et al., 2025) refine a be
 with RL without touching its weights: a residual head, trained with PPO (or SAC) on sparse rewards, adds a
 bounded correction to the base's actions in the base's normalized action space::
 
-    action = unnormalize(base_action_norm + scale * delta)
+    action = unnormalize(base_action_norm + scale * clip(delta, -1, 1))
 
 Two modes (``ResidualConfig.mode``):
 
@@ -52,7 +52,8 @@ class ResidualConfig(PolicyConfig):
     Attributes:
         mode: ``step`` (one delta per env step from the observation and the base action, ResiP) or ``chunk``
             (one delta for the whole executed chunk from the observation alone, Policy Decorator).
-        scale: Multiplies the head's delta in the base's normalized action space (ResiP: 0.1).
+        scale: Multiplies the head's delta, clipped to [-1, 1], in the base's normalized action space (ResiP: 0.1):
+            the largest correction the head can make.
         hidden_dims: Widths of the head's hidden layers (ResiP: 2 x 256).
         activation: ``relu`` or ``tanh``.
         init_logstd: Initial log standard deviation of the head's Gaussian (ResiP: -1.0).
@@ -165,10 +166,11 @@ class ResidualPolicy(Policy):
 
     def compose(self, base_action: Tensor, delta: Tensor) -> Tensor:
         """Raw base actions (..., Da) and the head's deltas (same shape) -> raw actions, clipped to the bounds:
-        ``unnormalize(normalize(base) + scale * delta)``."""
+        ``unnormalize(normalize(base) + scale * clip(delta, -1, 1))``. The delta is bounded (the training env's
+        action space is [-1, 1]), so ``scale`` is the largest correction, in normalized action units."""
         if not torch.isfinite(delta).all():
             raise InputError("the residual delta contains NaN or inf")
-        return self.unnormalize_action(self.normalize_action(base_action) + self.config.scale * delta)
+        return self.unnormalize_action(self.normalize_action(base_action) + self.config.scale * delta.clamp(-1, 1))
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
