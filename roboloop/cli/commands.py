@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,18 +119,22 @@ class QuickstartConfig:
     """``roboloop quickstart``: the main pipeline on the default task, end to end, with a report.
 
     Collect scripted-expert demonstrations, check that they replay exactly, train a diffusion policy
-    briefly (CPU-sized), evaluate it over seeded episodes with a video, and write a markdown report.
+    briefly (CPU-sized), refine it with residual PPO, evaluate both over the same seeded episodes with
+    videos, and write a markdown report with a table of BC against residual success and the residual's
+    success against env steps.
 
     Attributes:
         task: Task to run.
         n_episodes: Demonstrations to collect.
-        n_envs: Parallel environments for collection and evaluation.
+        n_envs: Parallel environments for collection, residual PPO and evaluation.
         video_episodes: Demonstrations replayed into the replay video.
         train_steps: Gradient steps of the diffusion policy (the default state UNet, executing Ta = 4 actions
             per chunk as in the Lift preset, which trains twice as long).
         batch_size: Training batch size.
-        eval_episodes: Evaluation episodes (seeds disjoint from the demonstrations).
-        eval_videos: Evaluation episodes recorded as videos.
+        residual_env_steps: Env steps of residual PPO on top of the diffusion policy (0 skips the stage).
+        residual_eval_every: PPO iterations between evaluations of the residual (the success curve's points).
+        eval_episodes: Evaluation episodes (seeds disjoint from the demonstrations), for BC and residual alike.
+        eval_videos: Evaluation episodes recorded as videos, per policy.
         out_dir: Where the dataset, checkpoints, videos and report go.
         seed: Base seed.
     """
@@ -140,6 +145,8 @@ class QuickstartConfig:
     video_episodes: int = 2
     train_steps: int = 3000
     batch_size: int = 256
+    residual_env_steps: int = 16000
+    residual_eval_every: int = 5
     eval_episodes: int = 50
     eval_videos: int = 2
     out_dir: str = "outputs/quickstart"
@@ -150,6 +157,8 @@ class QuickstartConfig:
             raise ConfigError(f"video_episodes must be in [1, n_episodes={self.n_episodes}], got {self.video_episodes}")
         if self.train_steps < 1 or self.batch_size < 1 or self.eval_episodes < 1 or self.n_envs < 1:
             raise ConfigError("train_steps, batch_size, eval_episodes and n_envs must be >= 1")
+        if self.residual_env_steps < 0 or self.residual_eval_every < 1:
+            raise ConfigError("residual_env_steps must be >= 0 and residual_eval_every >= 1")
         if not 0 <= self.eval_videos <= self.eval_episodes:
             raise ConfigError(f"eval_videos must be in [0, eval_episodes={self.eval_episodes}]")
 
@@ -164,14 +173,15 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"[1/4] collecting {cfg.n_episodes} {cfg.task} demonstrations")
+    n_stages = 5 if cfg.residual_env_steps else 4
+    print(f"[1/{n_stages}] collecting {cfg.n_episodes} {cfg.task} demonstrations")
     collect_cfg = CollectConfig(task=cfg.task, n_episodes=cfg.n_episodes, n_envs=cfg.n_envs, seed=cfg.seed,
                                 output=str(out / "demos.hdf5"))
     summary = collect(collect_cfg)
-    print(f"[2/4] replaying {cfg.video_episodes} episode(s) into a video")
+    print(f"[2/{n_stages}] replaying {cfg.video_episodes} episode(s) into a video")
     replayed = replay(ReplayConfig(file=str(summary.path), episodes=list(range(cfg.video_episodes)),
                                    video=str(out / "replay.mp4")))
-    print(f"[3/4] training a diffusion policy for {cfg.train_steps} steps")
+    print(f"[3/{n_stages}] training a diffusion policy for {cfg.train_steps} steps")
     t_train = time.perf_counter()
     trained = train_bc(TrainBCConfig(
         task=cfg.task, policy=DiffusionConfig(n_action_steps=4),
@@ -180,12 +190,19 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
                                           checkpoint_every=max(cfg.train_steps // 4, 1),
                                           log_every=max(cfg.train_steps // 20, 1), resume=True)))
     train_seconds = time.perf_counter() - t_train
-    print(f"[4/4] evaluating it over {cfg.eval_episodes} episodes")
+    eval_cfg = EvalConfig(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs, video=cfg.eval_videos > 0,
+                          n_videos=cfg.eval_videos)
+    print(f"[4/{n_stages}] evaluating it over {cfg.eval_episodes} episodes")
     policy = Policy.load(trained.last_checkpoint)
-    result = evaluate(policy, cfg.task, EvalConfig(n_episodes=cfg.eval_episodes, n_envs=cfg.n_envs,
-                                                   video=cfg.eval_videos > 0, n_videos=cfg.eval_videos),
-                      video_dir=out / "videos")
+    result = evaluate(policy, cfg.task, eval_cfg, video_dir=out / "videos")
     files = write_eval_outputs(result, out / "eval")
+    rows = [_policy_row(f"diffusion (BC, {trained.steps} steps, {train_seconds:.0f} s)", result,
+                        trained.last_checkpoint)]
+    lines = []
+    if cfg.residual_env_steps:
+        print(f"[5/{n_stages}] refining it with residual PPO for {cfg.residual_env_steps} env steps")
+        residual_rows, lines = _quickstart_residual(cfg, trained.last_checkpoint, eval_cfg, out)
+        rows += residual_rows
     videos = ", ".join(f"[{v.name}](videos/{v.name})" for v in result.videos) or "none"
     report = out / "report.md"
     with atomic_path(report) as tmp:
@@ -199,13 +216,17 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
             f"| replay mismatch (max over {replayed.steps} steps) | {replayed.worst:.3g} (video `{replayed.video}`) |",
             f"| diffusion policy | {trained.steps} steps in {train_seconds:.0f} s, "
             f"final loss {trained.final_loss:.4f}: `{trained.last_checkpoint}` |",
-            f"| policy success ({result.n_episodes} episodes, Wilson 95%) | "
-            f"{format_rate(result.successes, result.n_episodes)} |",
-            f"| policy return / length | {result.mean_return:.3f} / {result.mean_length:.1f} steps |",
-            f"| evaluation videos | {videos} |",
+            f"| diffusion evaluation videos | {videos} |",
             f"| evaluation files | `{files['json']}`, `{files['plot']}` |",
             f"| wall time | {time.perf_counter() - t0:.0f} s |",
             "",
+            f"Success over the same {cfg.eval_episodes} seeded episodes (Wilson 95%):",
+            "",
+            "| policy | success | return / length | checkpoint |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            *lines,
             "```",
             describe(summary.path),
             "```",
@@ -219,3 +240,32 @@ def run_quickstart(cfg: QuickstartConfig) -> int:
     print(report.read_text())
     print(f"report: {report}")
     return 0
+
+
+def _policy_row(name: str, result: Any, checkpoint: Path) -> str:
+    return (f"| {name} | {format_rate(result.successes, result.n_episodes)} | {result.mean_return:.3f} / "
+            f"{result.mean_length:.1f} | `{checkpoint}` |")
+
+
+def _quickstart_residual(cfg: QuickstartConfig, base: Path, eval_cfg: Any, out: Path) -> tuple[list[str], list[str]]:
+    """Residual PPO on the BC checkpoint ``base``; its evaluation on the same episodes. Returns the report's
+    table rows and lines (the success curve, the videos)."""
+    from roboloop.cli.train_residual import TrainResidualConfig, _residual_ppo, train_residual
+    from roboloop.core.policy import Policy
+    from roboloop.envs.evaluation import evaluate, write_eval_outputs
+
+    ppo = replace(_residual_ppo(), total_env_steps=cfg.residual_env_steps, eval_every=cfg.residual_eval_every,
+                  seed=cfg.seed, resume=True, progress=True)
+    n_envs = max(cfg.n_envs, 8)  # more envs amortize the base's batched denoising
+    run = train_residual(TrainResidualConfig(base=str(base), n_envs=n_envs, ppo=ppo, out_dir=str(out / "residual"),
+                                             eval=replace(eval_cfg, video=False)))
+    checkpoint = run.ppo.last_checkpoint
+    result = evaluate(Policy.load(checkpoint), cfg.task, eval_cfg, video_dir=out / "videos_residual")
+    write_eval_outputs(result, out / "eval_residual")
+    curve = run.success_curve.relative_to(out)
+    videos = ", ".join(f"[{v.name}](videos_residual/{v.name})" for v in result.videos) or "none"
+    rows = [_policy_row(f"residual PPO on it ({run.ppo.env_steps} env steps, {run.ppo.seconds:.0f} s)", result,
+                        checkpoint)]
+    lines = [f"Residual success against env steps (the base at 0): ![success curve]({curve})", "",
+             f"Residual evaluation videos: {videos}", ""]
+    return rows, lines

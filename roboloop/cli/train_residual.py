@@ -16,7 +16,7 @@ from roboloop.core.checkpoint import file_fingerprint, load_policy, read_meta
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.datasets.collection import make_vector_env
 from roboloop.envs import task_info
-from roboloop.envs.evaluation import EvalConfig, evaluate
+from roboloop.envs.evaluation import EvalConfig, evaluate, plot_success_curve
 from roboloop.residual_rl import PPO, PPOConfig, PPOResult, ResidualConfig, ResidualPolicy, ResidualVecEnv
 from roboloop.training import distributed
 from roboloop.utils.io import write_json
@@ -79,9 +79,9 @@ class TrainResidualConfig:
 
 @dataclass
 class ResidualRunResult:
-    base_success: float | None
+    base_success: float
     ppo: PPOResult
-    summary_path: Path
+    success_curve: Path  # success against env steps, the base at 0
 
 
 def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
@@ -108,7 +108,6 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
 
     evaluate_residual = evaluation_fn(task, cfg.eval, env_kwargs)
-    base_success = None
     summary_path = out_dir / "base_eval.json"
     if summary_path.exists():
         base_success = json.loads(summary_path.read_text())["success_rate"]  # a resumed run: measured already
@@ -131,7 +130,12 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
         result = ppo.learn()
     finally:
         envs.close()
-    return ResidualRunResult(base_success, result, summary_path)
+    evaluated = [h for h in result.history if "success_rate" in h]
+    curve = plot_success_curve([0] + [int(h["env_steps"]) for h in evaluated],
+                               [base_success] + [h["success_rate"] for h in evaluated], cfg.eval.n_episodes,
+                               out_dir / "success_curve.png", title=f"residual PPO on {task}",
+                               reference=("base", base_success))
+    return ResidualRunResult(base_success, result, curve)
 
 
 def run_train_residual(cfg: TrainResidualConfig) -> int:
@@ -143,6 +147,7 @@ def run_train_residual(cfg: TrainResidualConfig) -> int:
         print(f"residual success: {100 * final['success_rate']:.1f}% (iteration {final.get('iteration')})")
     print(f"{result.env_steps} env steps in {result.seconds:.0f} s ({result.env_steps_per_second:.0f} steps/s); "
           f"checkpoints: {result.last_checkpoint}" + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
+    print(f"success curve: {run.success_curve}")
     return 0
 
 

@@ -423,3 +423,28 @@ def _plot_success(result: EvalResult, path: Path) -> None:
     ax_bar.tick_params(axis="x", labelrotation=20)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_success_curve(env_steps: list[int], success_rates: list[float], n_episodes: int, path: str | Path, *,
+                       title: str, reference: tuple[str, float] | None = None) -> Path:
+    """Success rate against training env steps (each point evaluated over ``n_episodes``, with its Wilson 95%
+    band) and an optional horizontal ``reference`` line ``(label, rate)``, e.g. the base policy's success."""
+    from matplotlib.figure import Figure
+
+    steps = np.asarray(env_steps, dtype=float)
+    rates = np.asarray(success_rates, dtype=float)
+    band = np.array([wilson_interval(round(r * n_episodes), n_episodes) for r in rates]).reshape(-1, 2)
+    fig = Figure(figsize=(6.5, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.25, label="Wilson 95%")
+    ax.plot(steps, rates, marker="o", label=f"success ({n_episodes} episodes each)")
+    if reference is not None:
+        ax.axhline(reference[1], color="tab:gray", linestyle="--", label=f"{reference[0]}: {reference[1]:.0%}")
+    ax.set(xlabel="training env steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
