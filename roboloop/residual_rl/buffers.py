@@ -115,6 +115,17 @@ class RolloutBuffer:
     def reset(self) -> None:
         self.filled = 0
 
+    def fill_next_values(self, last_values: Tensor) -> None:
+        """Complete ``next_values`` after a full rollout in which only the steps that ended an episode stored
+        theirs (the value of the final observation): every other step's next value is the value of the
+        following step's observation, and after the last step it is ``last_values`` (N,). This saves a critic
+        pass per step."""
+        if self.filled != self.n_steps:
+            raise InputError(f"the rollout has {self.filled} of {self.n_steps} steps: it is not complete")
+        following = torch.cat([self.values[1:], last_values.reshape(1, self.n_envs)], dim=0)
+        ended = self.terminated | self.truncated
+        self.next_values = torch.where(ended, self.next_values, following)
+
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
         """Fill ``advantages`` and ``returns`` (T, N) from the full rollout (see ``compute_gae``)."""
         if self.filled != self.n_steps:

@@ -378,11 +378,15 @@ class PPO:
                     _check_finite("reward", np.asarray(reward, dtype=np.float64), env_steps=env_steps)
                     done = np.logical_or(terminated, truncated)
                     # The returned obs of a finished episode is already the next episode's first one; the
-                    # value target bootstraps from the finished episode's final observation.
-                    bootstrap_obs = self._final_observations(next_obs, done, infos, env_steps)
-                    with torch.no_grad():
-                        next_value = self.critic(torch.as_tensor(bootstrap_obs, dtype=torch.float32,
-                                                                 device=self.device))
+                    # value target bootstraps from the finished episode's final observation. Other steps get
+                    # the next step's value after the rollout (``fill_next_values``).
+                    next_value = torch.zeros(self.n_envs, device=self.device)
+                    if done.any():
+                        ended = np.flatnonzero(done)
+                        final_obs = self._final_observations(next_obs, done, infos, env_steps)[ended]
+                        with torch.no_grad():
+                            next_value[ended] = self.critic(torch.as_tensor(final_obs, dtype=torch.float32,
+                                                                            device=self.device))
                     episodes.step(reward, done, infos)
                     if cfg.normalize_reward:
                         reward = self.reward_normalizer(reward, done)
@@ -395,6 +399,9 @@ class PPO:
                     obs = next_obs
 
                 # --- advantages: GAE, truncation bootstraps from the final observation's value
+                with torch.no_grad():
+                    self.buffer.fill_next_values(self.critic(torch.as_tensor(obs, dtype=torch.float32,
+                                                                             device=self.device)))
                 self.buffer.compute_advantages(cfg.gamma, cfg.gae_lambda)
 
                 # --- update: critic only during warm-up, then actor and critic

@@ -106,6 +106,25 @@ def test_rollout_buffer_minibatches_cover_every_sample_once() -> None:
     torch.testing.assert_close(seen, buffer.log_probs.flatten().sort().values)
 
 
+def test_next_values_come_from_the_following_step_except_where_an_episode_ended() -> None:
+    n_steps, n_envs = 5, 3
+    buffer = RolloutBuffer(n_steps, n_envs, obs_dim=2, action_dim=1)
+    values = torch.randn(n_steps, n_envs)
+    final = torch.full((n_envs,), 7.0)
+    ended = torch.zeros(n_steps, n_envs, dtype=torch.bool)
+    ended[1, 0] = ended[4, 2] = True
+    for t in range(n_steps):
+        buffer.add(obs=torch.zeros(n_envs, 2), actor_obs=torch.zeros(n_envs, 2), actions=torch.zeros(n_envs, 1),
+                   log_probs=torch.zeros(n_envs), rewards=torch.zeros(n_envs), terminated=ended[t],
+                   truncated=torch.zeros(n_envs, dtype=torch.bool), values=values[t],
+                   next_values=torch.where(ended[t], final, torch.zeros(n_envs)))
+    last = torch.randn(n_envs)
+    buffer.fill_next_values(last)
+    expected = torch.cat([values[1:], last[None]])
+    expected[ended] = 7.0  # the final observations' values stay
+    torch.testing.assert_close(buffer.next_values, expected, rtol=0, atol=0)
+
+
 def test_rollout_buffer_rejects_wrong_shapes() -> None:
     buffer = RolloutBuffer(2, 3, 4, 1)
     with pytest.raises(InputError, match="obs has shape"):
