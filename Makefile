@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-## The main job: collect demonstrations on the default task, replay them exactly, write a video and a report.
+## The main job: collect demonstrations on the default task, replay them, train a diffusion policy, refine it with residual PPO, evaluate both, write a report with videos.
 quickstart: install
 	$(VENV)/bin/roboloop quickstart
 
