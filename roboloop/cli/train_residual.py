@@ -12,8 +12,9 @@ import torch
 from omegaconf import MISSING
 
 from roboloop.cli.train_bc import evaluation_fn
-from roboloop.core.checkpoint import file_fingerprint, load_policy, read_meta
-from roboloop.core.errors import ConfigError, InputError
+from roboloop.core.checkpoint import file_fingerprint, load_policy, read_meta, read_policy_config
+from roboloop.core.config import config_to_dict
+from roboloop.core.errors import CheckpointError, ConfigError, InputError
 from roboloop.datasets.collection import make_vector_env
 from roboloop.envs import task_info
 from roboloop.envs.evaluation import EvalConfig, evaluate, plot_success_curve
@@ -102,6 +103,7 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     torch.manual_seed(cfg.ppo.seed)
     residual = ResidualPolicy.from_base(base, cfg.residual)
     out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{mode}", residual.config.mode))
+    _check_same_residual(out_dir / "checkpoints" / "last", residual)
     try:
         envs = ResidualVecEnv(make_vector_env(task, env_kwargs, cfg.n_envs, cfg.vectorization), residual)
     except InputError as err:
@@ -136,6 +138,19 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
                                out_dir / "success_curve.png", title=f"residual PPO on {task}",
                                reference=("base", base_success))
     return ResidualRunResult(base_success, result, curve)
+
+
+def _check_same_residual(last: Path, residual: ResidualPolicy) -> None:
+    """A run resumed with another residual config (e.g. ``scale``) would mix two experiments: refuse it."""
+    if not (last / "config.json").exists():
+        return
+    _, saved = read_policy_config(last)
+    current = json.loads(json.dumps(config_to_dict(residual.config)))
+    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+    if changed:
+        diffs = ", ".join(f"residual.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise CheckpointError(f"cannot resume: {str(last)!r} was trained with another residual config ({diffs}); "
+                              f"use a new out_dir")
 
 
 def run_train_residual(cfg: TrainResidualConfig) -> int:

@@ -67,6 +67,15 @@ def test_a_killed_run_resumes_where_it_stopped(bc_base: Path, tmp_path: Path) ->
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resuming_with_another_residual_config_is_refused(bc_base: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train-residual", f"base={bc_base}", f"out_dir={out}", "ppo.total_env_steps=20", *RESIDUAL]) == 0
+    assert main(["train-residual", f"base={bc_base}", f"out_dir={out}", "ppo.total_env_steps=40", "ppo.resume=true",
+                 "residual.scale=0.3", *RESIDUAL]) == 2
+    assert "residual.scale: 0.1 -> 0.3" in capsys.readouterr().err
+
+
 def test_bad_input_is_refused(bc_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train-residual", f"base={bc_base}", "task=FetchPickAndPlace-v4", f"out_dir={tmp_path / 'x'}",
                  *RESIDUAL]) == 2
