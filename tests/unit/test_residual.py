@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from roboloop.core.errors import CheckpointError, ConfigError, InputError
 from roboloop.core.policy import Policy
@@ -163,6 +165,36 @@ def test_checkpoints_carry_their_base(lift_demos: Path, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "residual" / "base")
     with pytest.raises(CheckpointError, match="has no base policy"):
         Policy.load(tmp_path / "residual")
+
+
+class CorruptAfter(gym.Wrapper):
+    """Lift whose observation (or reward) turns NaN at step ``at``: a broken simulator or sensor."""
+
+    def __init__(self, at: int, what: str) -> None:
+        super().__init__(gym.make("roboloop/Lift-v0"))
+        self.at, self.what, self.t = at, what, 0
+
+    def step(self, action: np.ndarray) -> tuple:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        if self.t >= self.at:
+            if self.what == "obs":
+                obs = {**obs, "observation.state": np.full_like(obs["observation.state"], np.nan)}
+            else:
+                reward = float("nan")
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("what", ["obs", "reward"])
+def test_nan_from_the_environment_is_a_clear_error(lift_demos: Path, what: str) -> None:
+    policy = ResidualPolicy.from_base(make_base(lift_demos))
+    envs = SyncVectorEnv([lambda: CorruptAfter(3, what)], autoreset_mode=AutoresetMode.DISABLED)
+    venv = ResidualVecEnv(envs, policy)
+    venv.reset(seed=0)
+    for _ in range(2):
+        venv.step(np.zeros((1, 5), np.float32))
+    with pytest.raises(InputError, match="sub-env\\(s\\) \\[0\\]"):
+        venv.step(np.zeros((1, 5), np.float32))
 
 
 def test_bad_input_is_refused(lift_demos: Path) -> None:
