@@ -101,6 +101,18 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         value = ", ".join(f"{float(o):g} mm: {100 * v['rate']:.0f}%" for o, v in offsets.items())
         rows.append(("PegInsert precision: expert success when aiming off the hole's axis", value,
                      "≥ 95% at 0, ≤ 5% at ≥ 2 mm", _status(r["targets"]), _command("peg_precision")))
+    if (r := _load("diffusion_latency")) is not None:
+        threads = r["figures"]["threads"]["2"]
+        cases = threads["cases"]
+        ms = {name: case["median_ms"] for name, case in cases.items()}
+        value = (f"DDIM-10 {ms['unet ddim-10']:.1f} ms, DDIM-4 {ms['unet ddim-4']:.1f} ms, "
+                 f"DDPM-100 {ms['unet ddpm-100']:.1f} ms (ratio DDPM-100 / DDIM-10 "
+                 f"{threads['ddpm100_over_ddim10']:.1f}x); transformer DDIM-10 "
+                 f"{ms['transformer ddim-10']:.1f} ms")
+        targets = r["targets"]
+        rows.append(("diffusion policy: one action chunk at batch 1, default state UNet, 2 threads (median)", value,
+                     _threshold(targets[0], lambda v: f"{v:g} ms") + " (DDIM-10)", _status(targets),
+                     _command("diffusion_latency")))
     if (r := _load("bc_success")) is not None:
         rows += _bc_rows(r)
     return rows
@@ -154,7 +166,7 @@ def _noise_table() -> str:
 
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
-                              "peg_precision", "bc_success") if (r := _load(name)) is not None]
+                              "peg_precision", "diffusion_latency", "bc_success") if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
     machine = results[0]["machine"]
