@@ -141,7 +141,7 @@ class QuickstartConfig:
 
     task: str = "Lift"
     n_episodes: int = 100
-    n_envs: int = 4
+    n_envs: int = 8
     video_episodes: int = 2
     train_steps: int = 3000
     batch_size: int = 256
@@ -256,8 +256,7 @@ def _quickstart_residual(cfg: QuickstartConfig, base: Path, eval_cfg: Any, out: 
 
     ppo = replace(_residual_ppo(), total_env_steps=cfg.residual_env_steps, eval_every=cfg.residual_eval_every,
                   seed=cfg.seed, resume=True, progress=True)
-    n_envs = max(cfg.n_envs, 8)  # more envs amortize the base's batched denoising
-    run = train_residual(TrainResidualConfig(base=str(base), n_envs=n_envs, ppo=ppo, out_dir=str(out / "residual"),
+    run = train_residual(TrainResidualConfig(base=str(base), n_envs=cfg.n_envs, ppo=ppo, out_dir=str(out / "residual"),
                                              eval=replace(eval_cfg, video=False)))
     checkpoint = run.ppo.last_checkpoint
     result = evaluate(Policy.load(checkpoint), cfg.task, eval_cfg, video_dir=out / "videos_residual")

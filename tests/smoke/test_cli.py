@@ -42,13 +42,13 @@ def test_collect_appends_and_vectorizes(tmp_path: Path) -> None:
 
 def test_quickstart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["quickstart", "n_episodes=3", "video_episodes=1", "train_steps=3", "batch_size=8",
-                 "residual_env_steps=800", "residual_eval_every=1", "eval_episodes=2", "eval_videos=1", "n_envs=2",
+                 "residual_env_steps=400", "residual_eval_every=1", "eval_episodes=2", "eval_videos=1", "n_envs=2",
                  f"out_dir={tmp_path}"]) == 0
     assert (tmp_path / "replay.mp4").exists() and (tmp_path / "demos.hdf5").exists()
     report = (tmp_path / "report.md").read_text()
     assert "expert success" in report and "replay mismatch" in report
     assert "diffusion policy | 3 steps" in report and "Success over the same 2 seeded episodes" in report
-    assert "| diffusion (BC, 3 steps" in report and "| residual PPO on it (800 env steps" in report
+    assert "| diffusion (BC, 3 steps" in report and "| residual PPO on it (400 env steps" in report
     assert (tmp_path / "diffusion" / "checkpoints" / "last" / "model.safetensors").exists()
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1 and (tmp_path / "eval" / "eval.json").exists()
     assert len(list((tmp_path / "videos_residual").glob("*.mp4"))) == 1
