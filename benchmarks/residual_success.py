@@ -12,8 +12,8 @@ settings. For each case, in one run:
 3. ``roboloop eval`` of the residual's ``best`` checkpoint (deterministic head) over the same episodes.
 
 Targets: ``PegInsert`` residual success >= 95% with a Wilson lower bound >= 90%, training <= 90 minutes on 2
-cores; the second case (``Lift_wide``: Lift with a wider cube placement and heavier, more slippery cubes than the
-base saw) gains >= 20 points over its base or reaches >= 95%. Results accumulate in
+cores; the second case (``Lift_wide``: Lift with cube placements well beyond those of the base's demonstrations)
+gains >= 20 points over its base or reaches >= 95%. Results accumulate in
 ``benchmarks/results/residual_success.json`` like ``bc_success.py``'s.
 
     .venv/bin/python benchmarks/residual_success.py [--cases PegInsert,Lift_wide] [--episodes 200] [--quick]
@@ -48,10 +48,13 @@ BASE_INFERENCE_STEPS = 4  # ResidualConfig.base_num_inference_steps: the base as
 CASES: dict[str, tuple[str, list[str]]] = {
     "PegInsert": ("outputs/bench/PegInsert_diffusion/checkpoints/best",
                   ["n_envs=16", "ppo.total_env_steps=1500000", "ppo.eval_every=10", "eval.n_episodes=50"]),
+    # Cube placements beyond the demonstrations' (x +-0.12 -> +-0.2 m, y -0.02..0.15 -> -0.1..0.22 m, yaw
+    # +-45 -> +-86 degrees): the base drops to about a third (heavier, slipperier cubes did not hurt it at all).
     "Lift_wide": ("outputs/bench/Lift_diffusion/checkpoints/best",
-                  ["n_envs=16", "ppo.total_env_steps=600000", "ppo.eval_every=10", "eval.n_episodes=50",
-                   "env_kwargs.randomization.object_mass_scale=[1.0,3.0]",
-                   "env_kwargs.randomization.friction_scale=[0.5,1.0]"]),
+                  ["n_envs=16", "ppo.total_env_steps=400000", "ppo.eval_every=10", "eval.n_episodes=50",
+                   "env_kwargs.randomization.poses.cube.x=[-0.2,0.2]",
+                   "env_kwargs.randomization.poses.cube.y=[-0.1,0.22]",
+                   "env_kwargs.randomization.poses.cube.yaw=[-1.5,1.5]"]),
 }
 QUICK_CASES = {"Lift_quick": ("outputs/bench_quick/Lift_diffusion/checkpoints/last",
                               ["n_envs=2", "ppo.n_steps=10", "ppo.total_env_steps=40", "ppo.eval_every=1",
