@@ -115,6 +115,28 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      _command("diffusion_latency")))
     if (r := _load("bc_success")) is not None:
         rows += _bc_rows(r)
+    if (r := _load("residual_success")) is not None:
+        rows += _residual_rows(r)
+    return rows
+
+
+def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """One row per residual-PPO case present: base and residual success on the same episodes, env steps, time."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    command = _command("residual_success") + " (`--cases ...` for some)"
+    for case, e in r["figures"]["cases"].items():
+        targets = [t for t in r["targets"] if _subject(t) == case]
+        if "error" in e:
+            rows.append((f"residual PPO {case}", "error: " + e["error"], "", _status(targets), command))
+            continue
+        base, res, train = e["base_eval"], e["residual_eval"], e["train"]
+        minutes = "?" if train.get("minutes") is None else f"{train['minutes']:.0f} min"
+        goal = "; ".join(f"{t['name'].split('[')[0]} {_threshold(t)}" for t in targets) or "reported"
+        rows.append((f"residual PPO {case}: base → residual success over {res['n_episodes']} episodes "
+                     f"[Wilson 95%] (commit {e['commit']})",
+                     f"{100 * base['success_rate']:.1f}% → {100 * res['success_rate']:.1f}% "
+                     f"[{100 * res['wilson95'][0]:.1f}, {100 * res['wilson95'][1]:.1f}]; {train['env_steps']:,} env "
+                     f"steps, {minutes}", goal, _status(targets), command))
     return rows
 
 
@@ -166,7 +188,8 @@ def _noise_table() -> str:
 
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
-                              "peg_precision", "diffusion_latency", "bc_success") if (r := _load(name)) is not None]
+                              "peg_precision", "diffusion_latency", "bc_success", "residual_success")
+               if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
     machine = results[0]["machine"]
