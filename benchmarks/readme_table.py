@@ -131,7 +131,8 @@ def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             continue
         base, res, train = e["base_eval"], e["residual_eval"], e["train"]
         minutes = "?" if train.get("minutes") is None else f"{train['minutes']:.0f} min"
-        goal = "; ".join(f"{t['name'].split('[')[0]} {_threshold(t)}" for t in targets) or "reported"
+        goal = "; ".join("gain ≥ 20 points or ≥ 95%" if t["name"].startswith("gain_or_success")
+                         else f"{t['name'].split('[')[0]} {_threshold(t)}" for t in targets) or "reported"
         rows.append((f"residual PPO {case}: base → residual success over {res['n_episodes']} episodes "
                      f"[Wilson 95%] (commit {e['commit']})",
                      f"{100 * base['success_rate']:.1f}% → {100 * res['success_rate']:.1f}% "

@@ -51,7 +51,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     # Cube placements beyond the demonstrations' (x +-0.12 -> +-0.2 m, y -0.02..0.15 -> -0.1..0.22 m, yaw
     # +-45 -> +-86 degrees): the base drops to about a third (heavier, slipperier cubes did not hurt it at all).
     "Lift_wide": ("outputs/bench/Lift_diffusion/checkpoints/best",
-                  ["n_envs=16", "ppo.total_env_steps=400000", "ppo.eval_every=10", "eval.n_episodes=50",
+                  ["n_envs=16", "ppo.total_env_steps=1000000", "ppo.eval_every=10", "eval.n_episodes=50",
                    "env_kwargs.randomization.poses.cube.x=[-0.2,0.2]",
                    "env_kwargs.randomization.poses.cube.y=[-0.1,0.22]",
                    "env_kwargs.randomization.poses.cube.yaw=[-1.5,1.5]"]),
