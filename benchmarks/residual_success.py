@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bc_success import EVAL_SEED, evaluate, roboloop_exe, run_measured, shown
+from bc_success import EVAL_SEED, _read_json, evaluate, roboloop_exe, run_measured, shown
 from common import REPO_ROOT, Target, finish, git_commit, markdown_table, parse_args, result_path, target, write_result
 
 from roboloop.core.checkpoint import checkpoint_exists
@@ -64,13 +64,6 @@ MIN_GAIN_OR_SUCCESS = {"Lift_wide": (0.20, 0.95)}
 MAX_TRAIN_MINUTES = {"PegInsert": 90.0}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def env_overrides(overrides: Sequence[str]) -> list[str]:
     """The ``env_kwargs.*`` overrides of a train-residual command, for evaluating the base on the same env."""
     return [o for o in overrides if o.startswith("env_kwargs.")]
@@ -93,8 +86,8 @@ def run_case(case: str, base: str, overrides: list[str], quick: bool, episodes: 
                                   [f"num_inference_steps={BASE_INFERENCE_STEPS}", *env_overrides(overrides)])
     cmd = [roboloop_exe(), "train-residual", f"base={base}", f"out_dir={out_dir}", "ppo.progress=false",
            "ppo.resume=true", *overrides]
-    log_before = REPO_ROOT / out_dir / "train_log.jsonl"
-    start_steps = _last_steps(log_before)
+    train_log = REPO_ROOT / out_dir / "train_log.jsonl"
+    start_steps = _logged_env_steps(train_log)
     run = run_measured(cmd, REPO_ROOT / out_dir / "bench_train.log")
     train: dict[str, Any] = {"command": shown(cmd), "rc": run["rc"], "wall_seconds": run["wall_seconds"],
                              "peak_mb": run["peak_mb"], "start_env_steps": start_steps}
@@ -102,8 +95,7 @@ def run_case(case: str, base: str, overrides: list[str], quick: bool, episodes: 
     if run["rc"] != 0:
         entry["error"] = f"train-residual exited with status {run['rc']} (log: {out_dir / 'bench_train.log'})"
         return entry
-    log = [json.loads(line) for line in log_before.read_text().splitlines() if line.strip()]
-    end_steps = int(log[-1]["env_steps"]) if log else 0
+    end_steps = _logged_env_steps(train_log)
     trained = end_steps - start_steps
     train.update(env_steps=end_steps, trained_now=trained,
                  minutes=run["wall_seconds"] / 60 * (end_steps / trained) if trained > 0 else None,
@@ -122,7 +114,8 @@ def run_case(case: str, base: str, overrides: list[str], quick: bool, episodes: 
     return entry
 
 
-def _last_steps(log: Path) -> int:
+def _logged_env_steps(log: Path) -> int:
+    """Env steps of the last record of a ``train_log.jsonl`` (0 when there is none yet)."""
     if not log.exists():
         return 0
     lines = [line for line in log.read_text().splitlines() if line.strip()]

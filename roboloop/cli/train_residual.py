@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from roboloop.cli.train_bc import evaluation_fn
 from roboloop.core.checkpoint import file_fingerprint, load_policy, read_meta, read_policy_config
-from roboloop.core.config import config_to_dict
+from roboloop.core.config import config_changes, config_to_dict
 from roboloop.core.errors import CheckpointError, ConfigError, InputError
 from roboloop.datasets.collection import make_vector_env
 from roboloop.envs import task_info
@@ -146,9 +146,7 @@ def _check_same_residual(last: Path, residual: ResidualPolicy) -> None:
         return
     _, saved = read_policy_config(last)
     current = json.loads(json.dumps(config_to_dict(residual.config)))
-    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
-    if changed:
-        diffs = ", ".join(f"residual.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+    if diffs := config_changes(saved, current, prefix="residual."):
         raise CheckpointError(f"cannot resume: {str(last)!r} was trained with another residual config ({diffs}); "
                               f"use a new out_dir")
 

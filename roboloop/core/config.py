@@ -16,6 +16,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any], *, ignore: tuple[str, ...] = (),
+                   prefix: str = "") -> str:
+    """The fields whose values differ between two JSON-style configs (``ignore`` excepted), as
+    ``"<prefix>field: saved -> current, ..."``; empty when none does. What refuses a resumed run that would
+    silently mix two experiments (BC trainer, PPO, train-residual)."""
+    changed = sorted(k for k in saved.keys() | current.keys() if k not in ignore and saved.get(k) != current.get(k))
+    return ", ".join(f"{prefix}{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+
+
 def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Build dataclass ``cls`` from ``data``, recursing into dataclass-typed fields.
 

@@ -44,7 +44,7 @@ from roboloop.core.checkpoint import (
     read_train_state,
     train_state_exists,
 )
-from roboloop.core.config import config_to_dict
+from roboloop.core.config import config_changes, config_to_dict
 from roboloop.core.errors import CheckpointError, ConfigError, InputError, TrainingError
 from roboloop.core.policy import Actor, ActorOutput
 from roboloop.policies.gaussian_mlp import ACTIVATIONS, hidden_layers
@@ -616,10 +616,7 @@ class PPO:
     def _restore(self) -> tuple[int, int, float | None, list[dict[str, float]]]:
         state = read_train_state(self.last_dir)
         saved, current = json.loads(state["config"]), json.loads(self._config_json())
-        changed = sorted(k for k in saved.keys() | current.keys()
-                         if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
-        if changed:
-            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        if diffs := config_changes(saved, current, ignore=RESUMABLE_CHANGES):
             raise CheckpointError(f"cannot resume: {str(self.last_dir)!r} was trained with another PPO config or "
                                   f"env ({diffs}); use a new out_dir")
         load_state_dict_strict(self.actor, state["actor"], source=f"{self.last_dir} (actor)")

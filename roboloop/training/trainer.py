@@ -37,7 +37,7 @@ from roboloop.core.checkpoint import (
     read_train_state,
     save_checkpoint,
 )
-from roboloop.core.config import config_to_dict
+from roboloop.core.config import config_changes, config_to_dict
 from roboloop.core.errors import CheckpointError, ConfigError, TrainingError
 from roboloop.core.policy import LossOutput, Policy
 from roboloop.core.spec import PolicySpec
@@ -396,10 +396,7 @@ class BCTrainer:
         # Same type but another config (e.g. prediction_type) would load without a shape error and silently
         # mix two experiments; only the sampler may differ, as ``set_sampler`` changes it on a trained policy.
         current = json.loads(json.dumps(config_to_dict(policy.config)))
-        changed = sorted(k for k in current.keys() | saved_config.keys()
-                         if k not in ("sampler", "num_inference_steps") and current.get(k) != saved_config.get(k))
-        if changed:
-            diffs = ", ".join(f"{k}: {saved_config.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        if diffs := config_changes(saved_config, current, ignore=("sampler", "num_inference_steps")):
             raise CheckpointError(f"cannot resume: {str(self.last_dir)!r} was trained with another policy config "
                                   f"({diffs}); use a new out_dir")
         state = read_train_state(self.last_dir)
