@@ -23,8 +23,14 @@ from roboloop.envs.randomization import PoseRange, RandomizationSpec
 class PegInsertEnv(ManipulationEnv):
     """Insert the peg at least ``insert_depth`` metres into the hole.
 
-    Task observation: ``peg_pos(3), peg_quat(4), hole_pos(3), hole_yaw_cos_sin(2)``; ``hole_pos`` is the
-    centre of the hole's opening on the table.
+    Task observation: ``peg_pos(3), peg_quat(4), hole_pos(3), hole_yaw_cos_sin(2)``, then the relative pose
+    the task is decided by: ``peg_rel_eef(3)`` (peg minus gripper position), ``hole_rel_peg(3)`` (hole minus
+    peg), ``grasp_yaw_cos_sin(2)`` and ``insert_yaw_cos_sin(2)``: cos/sin of 4x the yaw of the peg relative to
+    the gripper and of the hole relative to the peg (a square is the same every quarter turn, so 4x makes the
+    feature continuous across the faces and ``sin`` ~ 4x the misalignment near zero). ``hole_pos`` is the
+    centre of the hole's opening on the table. The relative terms are what robosuite's object observables
+    add (``gripper_to_cube_pos``): with 0.5 mm per side, a policy that must subtract two absolute positions
+    normalized over a 30 cm workspace loses the millimetres the task is about.
     Shaped terms in info: ``reward_reach`` (-distance fingertips to the peg's grasp point),
     ``reward_align`` (-horizontal distance of the peg to the hole), ``reward_insert`` (inserted depth
     as a fraction of ``insert_depth``).
@@ -41,6 +47,7 @@ class PegInsertEnv(ManipulationEnv):
     task_name: ClassVar[str] = "PegInsert"
     task_observation_structure: ClassVar[dict[str, int]] = {
         "peg_pos": 3, "peg_quat": 4, "hole_pos": 3, "hole_yaw_cos_sin": 2,
+        "peg_rel_eef": 3, "hole_rel_peg": 3, "grasp_yaw_cos_sin": 2, "insert_yaw_cos_sin": 2,
     }
     FIXTURE_HALF = 0.05
     MIN_UPRIGHT = math.cos(math.radians(10))  # a peg tilted further than this is not inserted
@@ -113,12 +120,21 @@ class PegInsertEnv(ManipulationEnv):
 
     def _task_observation(self, out: np.ndarray) -> None:
         pos, quat = self._free_joint_pose(self._peg_qpos)
+        hole = self.data.mocap_pos[self._hole_mocap]
+        hole_yaw = quat_to_yaw(self.data.mocap_quat[self._hole_mocap])
+        eef = self.data.qpos[self._grip_qpos : self._grip_qpos + 4]  # x, y, z, yaw
+        peg_yaw = quat_to_yaw(quat)
         out[0:3] = pos
         out[3:7] = quat
-        out[7:10] = self.data.mocap_pos[self._hole_mocap]
-        yaw = quat_to_yaw(self.data.mocap_quat[self._hole_mocap])
-        out[10] = math.cos(yaw)
-        out[11] = math.sin(yaw)
+        out[7:10] = hole
+        out[10] = math.cos(hole_yaw)
+        out[11] = math.sin(hole_yaw)
+        out[12:15] = pos - eef[:3]
+        out[15:18] = hole - pos
+        out[18] = math.cos(4 * (peg_yaw - eef[3]))
+        out[19] = math.sin(4 * (peg_yaw - eef[3]))
+        out[20] = math.cos(4 * (hole_yaw - peg_yaw))
+        out[21] = math.sin(4 * (hole_yaw - peg_yaw))
 
     def _evaluate(self) -> tuple[bool, dict[str, float]]:
         qpos = self.data.qpos
