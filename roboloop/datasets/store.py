@@ -22,13 +22,19 @@ see ``demo_<int>`` groups. Metadata-cache evictions are disabled, so between flu
 an append has completed. Together: a collection killed at any moment leaves a file in which every
 finished episode reads back, and re-opening it for appending removes the unfinished leftover. (The
 cache that disabling evictions lets grow is dropped by reopening the file every few thousand
-episodes, so appends stay constant-time.)
+episodes, so appends stay constant-time.) One window remains inside ``flush()`` itself: HDF5 writes the
+metadata first and the superblock last, so a kill between the two leaves a superblock whose end-of-allocation
+address is below metadata that is already on disk, and HDF5 refuses the file ("addr overflow"). Opening
+repairs that the way ``h5clear --increment`` does: the writer raises the superblock's end-of-allocation to
+the file's size in place, a reader sees the repaired value through a read-only view of the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import re
 import signal
 import threading
@@ -124,10 +130,59 @@ def _disable_metadata_evictions(f: h5py.File) -> None:
     f.id.set_mdc_config(config)
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _stale_end_of_allocation(path: Path) -> tuple[int, bytes] | None:
+    """``(offset, bytes)`` to write over the superblock's end-of-allocation address when a version 0/1
+    superblock (h5py's default format, 8-byte addresses) records less allocated space than the file holds: the
+    mark of a writer killed inside ``flush()``. ``None`` for a consistent file or another format (left to HDF5)."""
+    with open(path, "rb") as fh:
+        head = fh.read(56)
+        size = os.fstat(fh.fileno()).st_size
+    if len(head) < 56 or head[:8] != _HDF5_SIGNATURE or head[8] not in (0, 1) or head[13] != 8:
+        return None
+    base_offset = 24 if head[8] == 0 else 28  # version 1 adds 4 bytes (indexed storage K) before the addresses
+    base = int.from_bytes(head[base_offset : base_offset + 8], "little")
+    eoa_offset = base_offset + 16  # after the base and free-space addresses; the value is relative to the base
+    if base + int.from_bytes(head[eoa_offset : eoa_offset + 8], "little") >= size:
+        return None
+    return eoa_offset, (size - base).to_bytes(8, "little")
+
+
+def _repair_end_of_allocation(path: Path, offset: int, value: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(value)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _EndOfAllocationView(io.FileIO):
+    """A read-only file whose superblock reads as repaired (see the module docstring); for h5py's fileobj driver."""
+
+    def __init__(self, path: Path, offset: int, value: bytes) -> None:
+        super().__init__(path, "rb")
+        self._offset, self._value = offset, value
+
+    def readinto(self, buffer: Any) -> int:
+        start = self.tell()
+        n = super().readinto(buffer) or 0
+        lo, hi = max(start, self._offset), min(start + n, self._offset + len(self._value))
+        if lo < hi:  # the read covers (part of) the end-of-allocation field
+            memoryview(buffer).cast("B")[lo - start : hi - start] = self._value[lo - self._offset : hi - self._offset]
+        return n
+
+
 def _open_h5(path: Path, mode: str) -> h5py.File:
     if mode == "r" and not path.exists():
         raise DatasetError(f"episode file {str(path)!r} does not exist")
     try:
+        stale = _stale_end_of_allocation(path) if mode != "w" and path.exists() else None
+        if stale is not None and mode == "a":
+            _repair_end_of_allocation(path, *stale)
+        elif stale is not None:
+            return h5py.File(_EndOfAllocationView(path, *stale), "r")
         return h5py.File(path, mode, locking=False)
     except OSError as err:
         raise DatasetError(

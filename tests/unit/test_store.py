@@ -68,6 +68,27 @@ def test_unfinished_append_is_invisible_and_cleaned_up(tmp_path: Path) -> None:
         assert not [n for n in f["data"] if n.startswith(PENDING_PREFIX)]
 
 
+def test_superblock_written_before_its_metadata_is_repaired(tmp_path: Path) -> None:
+    """A kill inside ``flush()`` leaves metadata past the superblock's end-of-allocation (HDF5: "addr overflow")."""
+    path = write_synthetic(tmp_path / "f.hdf5", [3, 4, 5], image_size=8)
+    raw = bytearray(path.read_bytes())
+    assert raw[8] == 0  # h5py's default: a version 0 superblock, end-of-allocation at byte 40
+    raw[40:48] = (len(raw) // 2).to_bytes(8, "little")
+    path.write_bytes(raw)
+    with pytest.raises(Exception, match="addr overflow"), h5py.File(path, "r") as f:
+        [f["data"][name]["actions"][:] for name in f["data"]]
+    with EpisodeStore(path) as store:  # read-only: repaired in a view, the file is untouched
+        assert store.demos == ["demo_0", "demo_1", "demo_2"]
+        np.testing.assert_array_equal(store.read(2, "actions"), synthetic_episode(2, 5).actions)
+        frames = store.read(1, "obs/observation.images.front")
+        np.testing.assert_array_equal(store.read(1, "next_obs/observation.images.front")[:-1], frames[1:])
+    assert path.read_bytes() == raw
+    with EpisodeWriter(path, mode="a") as writer:  # the writer repairs the file itself
+        assert writer.append(synthetic_episode(7, 2)) == "demo_3"
+    with h5py.File(path, "r") as f:
+        assert len(f["data"]) == 4
+
+
 def test_masks(tmp_path: Path) -> None:
     path = write_with_success_mask(tmp_path / "m.hdf5", [True, False, True])
     with EpisodeStore(path) as store:
