@@ -64,6 +64,10 @@ class ResidualConfig(PolicyConfig):
         base_num_inference_steps: Denoising steps of a diffusion base while it is refined and evaluated
             (ResiP: 4, against 16 for BC evaluation); None keeps the base's own setting. The head learns to
             correct the base as sampled with this setting, so training and evaluation use the same one.
+        state_clip: The head's own clip of its normalized observations (the base keeps its own setting). RL
+            drives the system into states the demonstrations never showed, where a barely-varying feature
+            normalized by the base's statistics reaches hundreds (PegInsert's peg tilt) and one PPO minibatch
+            moves the policy by a KL of 1; 5 bounds that (SB3's ``VecNormalize`` clips at 10 for the same reason).
     """
 
     mode: str = "step"
@@ -75,6 +79,7 @@ class ResidualConfig(PolicyConfig):
     head_init_std: float = 0.0
     base_type: str = ""
     base_num_inference_steps: int | None = 4
+    state_clip: float | None = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

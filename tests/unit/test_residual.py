@@ -213,3 +213,19 @@ def test_bad_input_is_refused(lift_demos: Path) -> None:
         policy.compute_loss({})
     with pytest.raises(ConfigError, match="mode"):
         ResidualConfig(mode="sometimes")
+
+
+def test_state_clip_bounds_what_the_head_and_the_base_see(lift_demos: Path) -> None:
+    """Far outside the data's range, normalized inputs are clipped: the head's at its own 5, the base's at its own."""
+    base = make_base(lift_demos)
+    obs = lift_obs()
+    obs["observation.state"][:, :, 0] = 100.0  # a gripper 100 m away: thousands in min_max units
+    assert base.normalize_obs(obs)["observation.state"].abs().max() > 100  # the default base: no clip
+    policy = ResidualPolicy.from_base(base)
+    assert policy.config.state_clip == 5.0
+    head_in = policy.head_obs(obs, torch.zeros(3, 5))
+    assert head_in.abs().max() == pytest.approx(5.0)
+    base.config.state_clip = 1.2
+    assert base.normalize_obs(obs)["observation.state"].abs().max() == pytest.approx(1.2)
+    with pytest.raises(ConfigError, match="state_clip"):
+        MLPConfig(state_clip=0.0)
