@@ -15,7 +15,12 @@ Envs (``--env``):
   a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO: 8 envs, n_steps 100, 4
   minibatches (of 200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99, lambda 0.95, clip 0.2,
   vf_coef 1.0, max_grad_norm 1.0, reward normalization, no target KL, critic 2x256 relu, 100k env steps
-  (``--steps``), 50 evaluation episodes. ``--base`` defaults to ``bc_success.py``'s PegInsert_diffusion output.
+  (``--steps``), 50 evaluation episodes. Ours steps the 8 envs as ``train-residual`` does, in two groups of 4 (two
+  ``ResidualVecEnv`` around one policy, ``env_groups=2``): one group's physics runs on its wrapper's worker
+  thread while the other group's base and head compute. SB3's ``VecEnv`` API steps all envs at once
+  (``step_async`` then at once ``step_wait``), so it gets one ``ResidualVecEnv`` of 8: the same envs, base,
+  head and seeds; the overlap is what our rollout loop adds. ``--base`` defaults to ``bc_success.py``'s
+  PegInsert_diffusion output.
 * ``pendulum``: gymnasium ``Pendulum-v1``, a self-contained sanity case needing no checkpoint: 4 envs, n_steps
   1024, 64 minibatches (of 64), 10 epochs, lr 1e-3 annealed, gamma 0.9, lambda 0.95, clip 0.2, vf 0.5, max grad
   norm 0.5, reward normalization, actor and critic 2x64 tanh, log std 0 learned, mean layer gain 0.01 (RL Zoo's
@@ -108,7 +113,9 @@ class Setup:
     init_logstd: float
     learn_std: bool  # ours only: SB3 always learns the std
     eval_episodes: int
-    build: Callable[[int, int], tuple[VectorEnv, GaussianMLP]]  # (n_envs, seed) -> (env, our fresh actor)
+    #: (n_envs, seed, groups) -> (the env, or ``groups`` envs of n_envs / groups each, and our fresh actor)
+    build: Callable[[int, int, int], tuple[Any, GaussianMLP]]
+    ours_groups: int = 1  # env groups of our PPO (SB3 steps one vector env of n_envs)
 
 
 def pendulum_setup(quick: bool, steps: int | None) -> Setup:
@@ -118,7 +125,8 @@ def pendulum_setup(quick: bool, steps: int | None) -> Setup:
                     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, actor_lr=1e-3,
                     critic_lr=1e-3, critic_hidden_dims=[64, 64], critic_activation="tanh")
 
-    def build(n: int, seed: int) -> tuple[VectorEnv, GaussianMLP]:
+    def build(n: int, seed: int, groups: int = 1) -> tuple[VectorEnv, GaussianMLP]:
+        assert groups == 1, "Pendulum runs as one vector env"
         envs = SyncVectorEnv([lambda: gym.make("Pendulum-v1") for _ in range(n)],
                              autoreset_mode=AutoresetMode.SAME_STEP)
         torch.manual_seed(seed)
@@ -148,14 +156,15 @@ def residual_setup(base: Path, quick: bool, steps: int | None) -> Setup:
                     critic_lr=3e-4, critic_hidden_dims=list(residual.hidden_dims),
                     critic_activation=residual.activation)
 
-    def build(n: int, seed: int) -> tuple[VectorEnv, GaussianMLP]:
+    def build(n: int, seed: int, groups: int = 1) -> tuple[Any, GaussianMLP]:
         torch.manual_seed(seed)
         policy = ResidualPolicy.from_base(Policy.load(base), residual)  # a fresh head (and base) every time
-        return ResidualVecEnv(make_vector_env(task, env_kwargs, n, "sync"), policy), policy.head
+        envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, n // groups, "sync"), policy) for _ in range(groups)]
+        return (envs[0] if groups == 1 else envs), policy.head
 
     description = f"residual ({residual.mode} mode) on {task}, base {base}, env_kwargs {env_kwargs}"
     return Setup("residual", description, cfg, n_envs, list(residual.hidden_dims), residual.activation,
-                 residual.init_logstd, residual.learn_std, 2 if quick else 50, build)
+                 residual.init_logstd, residual.learn_std, 2 if quick else 50, build, ours_groups=2)
 
 
 def final_success(infos: dict[str, Any], i: int) -> bool | None:
@@ -209,15 +218,17 @@ def ours_action(actor: GaussianMLP, space: gym.spaces.Box) -> Action:
 
 
 def run_ours(setup: Setup, cfg: PPOConfig, n_eval: int) -> dict[str, Any]:
-    envs, actor = setup.build(setup.n_envs, cfg.seed)
-    space = envs.single_action_space
+    envs, actor = setup.build(setup.n_envs, cfg.seed, setup.ours_groups)
+    groups = envs if isinstance(envs, list) else [envs]
+    space = groups[0].single_action_space
     try:
         with tempfile.TemporaryDirectory(prefix="ppo_vs_sb3_") as out_dir:
             start = time.perf_counter()
             result = PPO(actor, envs, cfg, out_dir).learn()
             seconds = time.perf_counter() - start
     finally:
-        envs.close()
+        for group in groups:
+            group.close()
     actor.eval()
     return {"env_steps": result.env_steps, "iterations": result.iterations, "seconds": seconds,
             "env_steps_per_second": result.env_steps / seconds,
@@ -248,12 +259,13 @@ def warm_up(setup: Setup, cfg: PPOConfig) -> None:
     """One untimed iteration of each algorithm: one-time costs (torch's first optimizer imports ``torch._dynamo``,
     about 1.3 s here; TensorBoard's import; thread pools) would otherwise fall on whichever runs first."""
     cfg = replace(cfg, total_env_steps=cfg.n_steps * setup.n_envs)
-    envs, actor = setup.build(setup.n_envs, cfg.seed)
+    envs, actor = setup.build(setup.n_envs, cfg.seed, setup.ours_groups)
     try:
         with tempfile.TemporaryDirectory(prefix="ppo_vs_sb3_") as out_dir:
             PPO(actor, envs, cfg, out_dir).learn()
     finally:
-        envs.close()
+        for group in envs if isinstance(envs, list) else [envs]:
+            group.close()
     envs, _ = setup.build(setup.n_envs, cfg.seed)
     try:
         sb3_ppo(envs, cfg, hidden_dims=setup.hidden_dims, activation=setup.activation,
@@ -320,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     figures: dict[str, Any] = {
         "env": env, "description": setup.description, "env_step_budget": budget, "repeats": args.repeats,
-        "n_envs": setup.n_envs, "ppo_config": dataclasses.asdict(base_cfg),
+        "n_envs": setup.n_envs, "ours_env_groups": setup.ours_groups, "ppo_config": dataclasses.asdict(base_cfg),
         "actor": {"hidden_dims": setup.hidden_dims, "activation": setup.activation, "init_logstd": setup.init_logstd,
                   "learn_std_ours": setup.learn_std},
         "torch_threads": torch.get_num_threads(), "eval_episodes": n_eval,

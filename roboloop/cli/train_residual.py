@@ -55,6 +55,9 @@ class TrainResidualConfig:
         ppo: PPO settings (rollout length, epochs, learning rates, budget, checkpoints, evaluation cadence).
         n_envs: Parallel training environments.
         vectorization: ``sync`` (one process) or ``async`` (one process per env).
+        env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
+            (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
+            compute. 1 steps every env at once.
         out_dir: Output directory (``{task}`` and ``{mode}`` are filled in).
         eval: How the base and the residual are evaluated (episodes, seeds, parallel envs).
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.
@@ -67,6 +70,7 @@ class TrainResidualConfig:
     ppo: PPOConfig = field(default_factory=_residual_ppo)
     n_envs: int = 8
     vectorization: str = "sync"
+    env_groups: int = 2
     out_dir: str = "outputs/train_residual/{task}_{mode}"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=50))
     device: str = "auto"
@@ -76,6 +80,8 @@ class TrainResidualConfig:
             raise ConfigError(f"n_envs must be >= 1, got {self.n_envs}")
         if self.vectorization not in ("sync", "async"):
             raise ConfigError(f"vectorization must be sync or async, got {self.vectorization!r}")
+        if self.env_groups < 1 or self.n_envs % self.env_groups:
+            raise ConfigError(f"env_groups must be >= 1 and divide n_envs ({self.n_envs}), got {self.env_groups}")
 
 
 @dataclass
@@ -104,8 +110,10 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     residual = ResidualPolicy.from_base(base, cfg.residual)
     out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{mode}", residual.config.mode))
     _check_same_residual(out_dir / "checkpoints" / "last", residual)
+    group_size = cfg.n_envs // cfg.env_groups
     try:
-        envs = ResidualVecEnv(make_vector_env(task, env_kwargs, cfg.n_envs, cfg.vectorization), residual)
+        envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual)
+                for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
 
@@ -131,7 +139,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     try:
         result = ppo.learn()
     finally:
-        envs.close()
+        for group in envs:
+            group.close()
     evaluated = [h for h in result.history if "success_rate" in h]
     curve = plot_success_curve([0] + [int(h["env_steps"]) for h in evaluated],
                                [base_success] + [h["success_rate"] for h in evaluated], cfg.eval.n_episodes,

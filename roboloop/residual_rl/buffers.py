@@ -48,6 +48,10 @@ def compute_gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated
     return advantages, advantages + values
 
 
+_STEP_FIELDS = frozenset({"obs", "actor_obs", "actions", "log_probs", "rewards", "terminated", "truncated", "values",
+                          "next_values"})
+
+
 class RolloutBatch(NamedTuple):
     """One minibatch of flattened (step, env) samples."""
 
@@ -98,19 +102,26 @@ class RolloutBuffer:
             terminated: Tensor, truncated: Tensor, values: Tensor, next_values: Tensor) -> None:
         """Store one step of all envs: obs (N, obs_dim), actor_obs (N, actor_obs_dim), actions (N, action_dim),
         the rest (N,). Steps fill the buffer in order; ``reset()`` starts over."""
-        t = self.filled
-        if t >= self.n_steps:
-            raise InputError(f"the rollout buffer is full ({self.n_steps} steps): call reset() first")
-        for name, x, want in (("obs", obs, self.obs), ("actor_obs", actor_obs, self.actor_obs),
-                              ("actions", actions, self.actions), ("log_probs", log_probs, self.log_probs),
-                              ("rewards", rewards, self.rewards), ("values", values, self.values),
-                              ("next_values", next_values, self.next_values)):
-            if tuple(x.shape) != tuple(want.shape[1:]):
-                raise InputError(f"rollout {name} has shape {tuple(x.shape)}, expected {tuple(want.shape[1:])}")
-            want[t] = x
-        self.terminated[t] = terminated
-        self.truncated[t] = truncated
-        self.filled = t + 1
+        self.store(self.filled, slice(None), obs=obs, actor_obs=actor_obs, actions=actions, log_probs=log_probs,
+                   rewards=rewards, terminated=terminated, truncated=truncated, values=values,
+                   next_values=next_values)
+
+    def store(self, step: int, envs: slice, **fields: Tensor) -> None:
+        """Store step ``step`` of the envs ``envs`` (a slice of the N; fields shaped like ``add``'s for those
+        rows): a rollout over groups of envs fills each step group by group. The rollout counts as filled up to
+        the highest step stored."""
+        if not 0 <= step < self.n_steps:
+            raise InputError(f"rollout step {step} is outside the buffer (full at {self.n_steps} steps): call reset() "
+                             f"first")
+        rows = range(self.n_envs)[envs]
+        if set(fields) != _STEP_FIELDS:
+            raise InputError(f"a rollout step needs the fields {sorted(_STEP_FIELDS)}, got {sorted(fields)}")
+        for name, x in fields.items():
+            want = getattr(self, name)
+            if tuple(x.shape) != (len(rows), *want.shape[2:]):
+                raise InputError(f"rollout {name} has shape {tuple(x.shape)}, expected {(len(rows), *want.shape[2:])}")
+            want[step, envs] = x
+        self.filled = max(self.filled, step + 1)
 
     def reset(self) -> None:
         self.filled = 0
@@ -196,15 +207,17 @@ class RewardNormalizer:
         self.return_rms = RunningMeanStd()
         self.returns = np.zeros(n_envs, dtype=np.float64)
 
-    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        """rewards (N,) raw, dones (N,) bool for the same step -> normalized, clipped rewards (N,) float32."""
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, envs: slice = slice(None)) -> np.ndarray:
+        """rewards (n,) raw, dones (n,) bool for the same step of the envs ``envs`` (all N by default; a group
+        stepped on its own updates the statistics with its n returns) -> normalized, clipped rewards (n,)."""
         rewards = np.asarray(rewards, dtype=np.float64)
-        if rewards.shape != (self.n_envs,):
-            raise InputError(f"rewards have shape {rewards.shape}, expected ({self.n_envs},)")
-        self.returns = self.returns * self.gamma + rewards
-        self.return_rms.update(self.returns)
+        n = len(range(self.n_envs)[envs])
+        if rewards.shape != (n,):
+            raise InputError(f"rewards have shape {rewards.shape}, expected ({n},)")
+        self.returns[envs] = self.returns[envs] * self.gamma + rewards
+        self.return_rms.update(self.returns[envs])
         scaled = np.clip(rewards / np.sqrt(self.return_rms.var + self.epsilon), -self.clip, self.clip)
-        self.returns[np.asarray(dones, dtype=bool)] = 0.0
+        self.returns[envs] = np.where(np.asarray(dones, dtype=bool), 0.0, self.returns[envs])
         return scaled.astype(np.float32)
 
     def reset(self) -> None:

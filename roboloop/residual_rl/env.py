@@ -16,12 +16,19 @@ stable-baselines3's see nothing but a vector of floats in and out.
   sub-env whose episode ends inside the chunk is reset at once and runs its base alone for the rest of the chunk
   (the head's next decision for it is at the next chunk boundary).
 
+``step_async`` / ``step_wait`` split a step as gymnasium's ``AsyncVectorEnv`` does: in ``step`` mode the inner
+env's physics runs on a worker thread (MuJoCo releases the GIL while it integrates; ~87% of a PegInsert step) while
+the caller computes something else, e.g. the actions of another group of envs (``PPO`` with several env groups);
+the base's planning for the stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode runs
+the whole chunk in ``step_wait``.
+
 A finished episode's last head observation is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``
 (masks ``_final_obs``/``_final_info``), as gymnasium's SAME_STEP vector envs do, so truncation can bootstrap.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -88,6 +95,8 @@ class ResidualVecEnv(VectorEnv):
         self._base_chunk = np.zeros((self.num_envs, self.chunk_size, spec.action_dim), dtype=np.float32)
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
+        self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
+        self._pending: Future[tuple[Any, ...]] | np.ndarray | None = None  # step mode: physics; chunk: deltas
 
     # ------------------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | list[int | None] | None = None,
@@ -103,6 +112,37 @@ class ResidualVecEnv(VectorEnv):
         return self._head_obs(ids), infos
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self.mode == "step":
+            return self._finish_step(self.envs.step(self._env_actions(actions)))
+        return self._step_chunk(self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a step with head actions ``actions``; ``step_wait`` returns what ``step`` would have."""
+        if self._pending is not None:
+            raise InputError("step_async called again before step_wait")
+        if self.mode == "step":
+            env_actions = self._env_actions(actions)
+            if self._physics is None:
+                self._physics = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-physics")
+            self._pending = self._physics.submit(self.envs.step, env_actions)
+        else:
+            self._pending = self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise InputError("step_wait called without a step_async")
+        if isinstance(pending, np.ndarray):
+            return self._step_chunk(pending)
+        return self._finish_step(pending.result())
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._physics is not None:
+            self._physics.shutdown(wait=True)
+        self.envs.close()
+
+    # ------------------------------------------------------------------------------ internals
+    def _checked_delta(self, actions: np.ndarray) -> np.ndarray:
         delta = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
         if delta.shape[1] != self.single_action_space.shape[0]:
             raise InputError(f"residual actions have shape {np.shape(actions)}, expected "
@@ -110,14 +150,12 @@ class ResidualVecEnv(VectorEnv):
         if not np.isfinite(delta).all():
             raise InputError(f"residual actions of sub-env(s) {np.flatnonzero(~np.isfinite(delta).all(1)).tolist()} "
                              f"contain NaN or inf")
-        if self.mode == "step":
-            return self._step_once(self._compose(self._base_action, delta))
-        return self._step_chunk(delta.reshape(self.num_envs, self.chunk_size, -1))
+        return delta
 
-    def close_extras(self, **kwargs: Any) -> None:
-        self.envs.close()
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Step mode: the env actions for head deltas ``actions`` on the current base actions."""
+        return self._compose(self._base_action, self._checked_delta(actions))
 
-    # ------------------------------------------------------------------------------ internals
     def _compose(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             device = self.policy.device
@@ -154,11 +192,12 @@ class ResidualVecEnv(VectorEnv):
         if rewards is not None and not np.isfinite(rewards[ids]).all():
             raise InputError(f"reward of sub-env(s) {ids[~np.isfinite(rewards[ids])].tolist()} is NaN or inf")
 
-    def _advance(self, env_actions: np.ndarray, infos_out: dict[str, Any], running: np.ndarray
+    def _advance(self, stepped: tuple[Any, ...], infos_out: dict[str, Any], running: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Step every sub-env once; sub-envs that finish record their final head observation and info into
-        ``infos_out`` when ``running`` (their episode belongs to the current transition) and are reset."""
-        obs, rewards, terminated, truncated, infos = self.envs.step(env_actions)
+        """Take in the inner env's step result ``stepped`` (every sub-env stepped once); sub-envs that finished
+        record their final head observation and info into ``infos_out`` when ``running`` (their episode belongs
+        to the current transition) and are reset; the base plans the next step."""
+        obs, rewards, terminated, truncated, infos = stepped
         rewards = np.asarray(rewards, dtype=np.float64)
         self._check(obs, rewards, np.arange(self.num_envs))
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
@@ -194,10 +233,11 @@ class ResidualVecEnv(VectorEnv):
                 self.executor.observe(self._raw_obs, active=mask)
         return rewards, np.asarray(terminated), np.asarray(truncated), done
 
-    def _step_once(self, env_actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                           dict[str, Any]]:
+    def _finish_step(self, stepped: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                dict[str, Any]]:
+        """Step mode: the wrapper's step result from the inner env's."""
         infos: dict[str, Any] = {}
-        rewards, terminated, truncated, _ = self._advance(env_actions, infos, np.ones(self.num_envs, dtype=bool))
+        rewards, terminated, truncated, _ = self._advance(stepped, infos, np.ones(self.num_envs, dtype=bool))
         return self._head_obs(np.arange(self.num_envs)), rewards, terminated, truncated, infos
 
     def _step_chunk(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
@@ -214,7 +254,7 @@ class ResidualVecEnv(VectorEnv):
         rows = np.arange(n)
         for j in range(self.chunk_size):
             actions = np.where(running[:, None], chunk[:, j], self._base_chunk[rows, position])
-            rewards, term, trunc, done = self._advance(actions, infos, running)
+            rewards, term, trunc, done = self._advance(self.envs.step(actions), infos, running)
             total += np.where(running, rewards, 0.0)
             terminated |= running & term
             truncated |= running & trunc

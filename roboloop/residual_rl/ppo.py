@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -193,6 +193,15 @@ def explained_variance(values: Tensor, returns: Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (returns - values).var() / var)
 
 
+class _Step(NamedTuple):
+    """What ``PPO._act`` sent for one group: kept until ``_record`` stores the transition."""
+
+    obs: Tensor  # (n, obs_dim)
+    out: ActorOutput
+    value: Tensor  # (n,)
+    env_action: np.ndarray  # (n, action_dim), clipped to the action space
+
+
 class EpisodeTracker:
     """Raw (unnormalized) return, length and success of the episodes that end during training."""
 
@@ -206,12 +215,14 @@ class EpisodeTracker:
         self.returns[:] = 0.0
         self.lengths[:] = 0
 
-    def step(self, rewards: np.ndarray, dones: np.ndarray, infos: dict[str, Any]) -> None:
-        self.returns += rewards
-        self.lengths += 1
+    def step(self, rewards: np.ndarray, dones: np.ndarray, infos: dict[str, Any], envs: slice = slice(None)) -> None:
+        """One step of the envs ``envs`` (all by default): their rewards and dones, ``infos`` of that group."""
+        returns, lengths = self.returns[envs], self.lengths[envs]  # views: updated in place
+        returns += rewards
+        lengths += 1
         for i in np.flatnonzero(dones):
-            self.finished.append((float(self.returns[i]), int(self.lengths[i]), _final_success(infos, i)))
-            self.returns[i], self.lengths[i] = 0.0, 0
+            self.finished.append((float(returns[i]), int(lengths[i]), _final_success(infos, i)))
+            returns[i], lengths[i] = 0.0, 0
 
     def summary(self) -> dict[str, float]:
         """Means over the episodes finished since the last call (empty when none finished)."""
@@ -236,12 +247,13 @@ def _final_success(infos: dict[str, Any], i: int) -> bool | None:
     return bool(final["is_success"][i]) if mask is None or mask[i] else None
 
 
-def _check_finite(what: str, values: np.ndarray, *, env_steps: int) -> None:
+def _check_finite(what: str, values: np.ndarray, *, env_steps: int, first_env: int = 0) -> None:
+    """Rows of ``values`` are envs ``first_env``, ``first_env + 1``, ... (a group's rows start at its offset)."""
     bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"env {i} returned a non-finite {what} ({values[i]}) at env step {env_steps}; "
-                         f"envs with non-finite values: {np.flatnonzero(bad).tolist()}")
+        raise InputError(f"env {first_env + i} returned a non-finite {what} ({values[i]}) at env step {env_steps}; "
+                         f"envs with non-finite values: {(first_env + np.flatnonzero(bad)).tolist()}")
 
 
 class PPO:
@@ -254,29 +266,44 @@ class PPO:
     write, so a checkpoint's policy and train state always belong together.
     """
 
-    def __init__(self, actor: Actor, envs: VectorEnv, cfg: PPOConfig, out_dir: str | Path, *,
+    def __init__(self, actor: Actor, envs: VectorEnv | Sequence[VectorEnv], cfg: PPOConfig, out_dir: str | Path, *,
                  evaluate_fn: EvaluateFn | None = None, save_policy: SavePolicyFn | None = None,
                  meta: dict[str, Any] | None = None) -> None:
         if not isinstance(actor, nn.Module) or not isinstance(actor, Actor):
             raise ConfigError(f"PPO trains an nn.Module implementing the Actor protocol (sample, evaluate, "
                               f"trainable_parameters), got {type(actor).__name__}")
-        if envs.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
-            raise ConfigError(
-                f"PPO needs a vector env with SAME_STEP autoreset (the final observation of an episode is needed "
-                f"to bootstrap truncated episodes), got {envs.metadata.get('autoreset_mode')}; build it with "
-                f"SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP) (or AsyncVectorEnv)")
+        groups = [envs] if isinstance(envs, VectorEnv) else list(envs)
+        if not groups:
+            raise ConfigError("PPO needs a vector env (or a non-empty list of env groups)")
+        for group in groups:
+            if group.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+                raise ConfigError(
+                    f"PPO needs a vector env with SAME_STEP autoreset (the final observation of an episode is needed "
+                    f"to bootstrap truncated episodes), got {group.metadata.get('autoreset_mode')}; build it with "
+                    f"SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP) (or AsyncVectorEnv)")
+            if len(groups) > 1 and not (hasattr(group, "step_async") and hasattr(group, "step_wait")):
+                raise ConfigError(f"env groups are stepped with step_async/step_wait (AsyncVectorEnv, "
+                                  f"ResidualVecEnv); {type(group).__name__} has no step_async")
+            if (group.single_observation_space != groups[0].single_observation_space
+                    or group.single_action_space != groups[0].single_action_space):
+                raise ConfigError("every env group must have the same observation and action spaces")
+        envs = groups[0]
         obs_space, action_space = envs.single_observation_space, envs.single_action_space
         for what, space in (("observation", obs_space), ("action", action_space)):
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise ConfigError(f"PPO needs a flat (1-D) Box {what} space, got {space}; flatten Dict observations "
                                   f"first (e.g. gymnasium.wrappers.vector.FlattenObservation)")
-        self.actor, self.envs, self.cfg = actor, envs, cfg
+        # With several groups, a group's physics runs while the actions of the next one are computed.
+        self.groups = groups
+        starts = np.cumsum([0] + [g.num_envs for g in groups])
+        self.group_rows = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        self.actor, self.cfg = actor, cfg
         self.evaluate_fn, self.save_policy, self.meta = evaluate_fn, save_policy, dict(meta or {})
         self.out_dir = Path(out_dir)
         self.last_dir = self.out_dir / "checkpoints" / "last"
         self.best_dir = self.out_dir / "checkpoints" / "best"
         self.device = resolve_device(cfg.device)
-        self.n_envs, self.obs_dim, self.action_dim = envs.num_envs, obs_space.shape[0], action_space.shape[0]
+        self.n_envs, self.obs_dim, self.action_dim = int(starts[-1]), obs_space.shape[0], action_space.shape[0]
         # Env-side clipping only: the buffer keeps the unclipped sample, whose log-prob the update re-scores.
         # Infinite bounds make this a no-op for unbounded spaces.
         self.action_low = action_space.low.astype(np.float64)
@@ -323,7 +350,7 @@ class PPO:
 
     # ------------------------------------------------------------------------------------ the loop
     def learn(self) -> PPOResult:
-        cfg, envs = self.cfg, self.envs
+        cfg = self.cfg
         t0 = time.perf_counter()
         iteration, env_steps, best_score, history = 0, 0, None, []
 
@@ -346,61 +373,40 @@ class PPO:
         window_t0, window_steps = time.perf_counter(), 0
         episodes = EpisodeTracker(self.n_envs)
         last_record: dict[str, float] = {}
-        obs: np.ndarray | None = None
+        obs: list[np.ndarray] | None = None  # per env group
         try:
             while iteration < self.num_iterations:
                 # --- seeding: this iteration's sampling noise and minibatch order depend on (seed, iteration)
                 seed_everything(derived_seed(cfg.seed, iteration))
                 generator = torch.Generator().manual_seed(derived_seed(cfg.seed, iteration, stream=2))
                 if obs is None or cfg.reset_each_iteration:
-                    obs, _ = envs.reset(seed=[int(s) for s in np.random.SeedSequence(
-                        [cfg.seed, iteration, 1]).generate_state(self.n_envs)])
-                    _check_finite("observation", obs, env_steps=env_steps)
+                    seeds = [int(s) for s in np.random.SeedSequence([cfg.seed, iteration, 1]).generate_state(
+                        self.n_envs)]
+                    obs = [group.reset(seed=seeds[rows])[0] for group, rows in zip(self.groups, self.group_rows,
+                                                                                   strict=True)]
+                    for group_obs in obs:
+                        _check_finite("observation", group_obs, env_steps=env_steps)
                     episodes.reset()
                     self.reward_normalizer.reset()
                 frac = 1.0 - iteration / self.num_iterations if cfg.anneal_lr else 1.0
                 self.actor_optimizer.param_groups[0]["lr"] = frac * cfg.actor_lr
                 self.critic_optimizer.param_groups[0]["lr"] = frac * cfg.critic_lr
 
-                # --- rollout: n_steps steps of every env with the current actor
+                # --- rollout: n_steps steps of every env with the current actor, group by group: each group's
+                # step is sent (``_act``) before the previous group's result is taken in (``_record``), so with
+                # two groups one group's physics overlaps the other's base planning and actor/critic passes
                 self.buffer.reset()
-                for _ in range(cfg.n_steps):
-                    obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-                    with torch.no_grad():
-                        out = self.actor.sample(obs_t)
-                        value = self.critic(obs_t)
-                    self._check_actor_output(out, self.n_envs)
-                    env_action = np.clip(out.env_action.cpu().numpy(), self.action_low, self.action_high)
-                    next_obs, reward, terminated, truncated, infos = envs.step(
-                        env_action.astype(envs.single_action_space.dtype))
-                    env_steps += self.n_envs
-                    _check_finite("observation", next_obs, env_steps=env_steps)
-                    _check_finite("reward", np.asarray(reward, dtype=np.float64), env_steps=env_steps)
-                    done = np.logical_or(terminated, truncated)
-                    # The returned obs of a finished episode is already the next episode's first one; the
-                    # value target bootstraps from the finished episode's final observation. Other steps get
-                    # the next step's value after the rollout (``fill_next_values``).
-                    next_value = torch.zeros(self.n_envs, device=self.device)
-                    if done.any():
-                        ended = np.flatnonzero(done)
-                        final_obs = self._final_observations(next_obs, done, infos, env_steps)[ended]
-                        with torch.no_grad():
-                            next_value[ended] = self.critic(torch.as_tensor(final_obs, dtype=torch.float32,
-                                                                            device=self.device))
-                    episodes.step(reward, done, infos)
-                    if cfg.normalize_reward:
-                        reward = self.reward_normalizer(reward, done)
-                    self.buffer.add(obs=obs_t, actor_obs=out.actor_obs, actions=out.actor_action,
-                                    log_probs=out.log_prob,
-                                    rewards=torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-                                    terminated=torch.as_tensor(terminated, device=self.device),
-                                    truncated=torch.as_tensor(truncated, device=self.device),
-                                    values=value, next_values=next_value)
-                    obs = next_obs
+                in_flight: list[_Step | None] = [None] * len(self.groups)
+                for t in range(cfg.n_steps + 1):
+                    for g in range(len(self.groups)):
+                        if in_flight[g] is not None:
+                            obs[g] = self._record(g, t - 1, in_flight[g], episodes, env_steps)
+                            env_steps += self.groups[g].num_envs
+                        in_flight[g] = self._act(g, obs[g]) if t < cfg.n_steps else None
 
                 # --- advantages: GAE, truncation bootstraps from the final observation's value
                 with torch.no_grad():
-                    self.buffer.fill_next_values(self.critic(torch.as_tensor(obs, dtype=torch.float32,
+                    self.buffer.fill_next_values(self.critic(torch.as_tensor(np.concatenate(obs), dtype=torch.float32,
                                                                              device=self.device)))
                 self.buffer.compute_advantages(cfg.gamma, cfg.gae_lambda)
 
@@ -455,6 +461,54 @@ class PPO:
                          env_steps_per_second=(env_steps - start_steps) / max(seconds, 1e-9),
                          last_checkpoint=self.last_dir, best_checkpoint=self.best_dir if best_exists else None,
                          history=history, last_stats=last_record)
+
+    # ------------------------------------------------------------------------------------ one env step
+    def _act(self, g: int, obs: np.ndarray) -> _Step:
+        """Sample group ``g``'s actions for observations ``obs`` (n, obs_dim) and, when the envs are split into
+        groups, send them (``step_async``); a single group is stepped in ``_record``."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            out = self.actor.sample(obs_t)
+            value = self.critic(obs_t)
+        self._check_actor_output(out, obs.shape[0])
+        group = self.groups[g]
+        env_action = np.clip(out.env_action.cpu().numpy(), self.action_low, self.action_high).astype(
+            group.single_action_space.dtype)
+        if len(self.groups) > 1:
+            group.step_async(env_action)
+        return _Step(obs_t, out, value, env_action)
+
+    def _record(self, g: int, t: int, step: _Step, episodes: EpisodeTracker, env_steps: int) -> np.ndarray:
+        """Complete group ``g``'s step ``t``: take in the env's result, store the transition in the rollout
+        buffer's rows of the group and return the group's next observations."""
+        group, rows = self.groups[g], self.group_rows[g]
+        if len(self.groups) > 1:
+            next_obs, reward, terminated, truncated, infos = group.step_wait()
+        else:
+            next_obs, reward, terminated, truncated, infos = group.step(step.env_action)
+        env_steps += group.num_envs
+        _check_finite("observation", next_obs, env_steps=env_steps, first_env=rows.start)
+        _check_finite("reward", np.asarray(reward, dtype=np.float64), env_steps=env_steps, first_env=rows.start)
+        done = np.logical_or(terminated, truncated)
+        # The returned obs of a finished episode is already the next episode's first one; the value target
+        # bootstraps from the finished episode's final observation. Other steps get the next step's value after
+        # the rollout (``fill_next_values``).
+        next_value = torch.zeros(group.num_envs, device=self.device)
+        if done.any():
+            ended = np.flatnonzero(done)
+            final_obs = self._final_observations(next_obs, done, infos, env_steps)[ended]
+            with torch.no_grad():
+                next_value[ended] = self.critic(torch.as_tensor(final_obs, dtype=torch.float32, device=self.device))
+        episodes.step(reward, done, infos, rows)
+        if self.cfg.normalize_reward:
+            reward = self.reward_normalizer(reward, done, rows)
+        self.buffer.store(t, rows, obs=step.obs, actor_obs=step.out.actor_obs, actions=step.out.actor_action,
+                          log_probs=step.out.log_prob,
+                          rewards=torch.as_tensor(reward, dtype=torch.float32, device=self.device),
+                          terminated=torch.as_tensor(terminated, device=self.device),
+                          truncated=torch.as_tensor(truncated, device=self.device),
+                          values=step.value, next_values=next_value)
+        return next_obs
 
     # ------------------------------------------------------------------------------------ the update
     def update(self, buffer: RolloutBuffer, *, update_actor: bool = True,

@@ -204,3 +204,26 @@ def test_env_gets_actions_clipped_to_its_bounds_while_the_buffer_keeps_the_sampl
     ppo.learn()
     assert np.abs(np.concatenate(received)).max() <= 1.0
     assert ppo.buffer.actions.abs().max() > 1.0
+
+
+def test_env_groups_collect_the_rollout_of_one_vector_env(tmp_path: Path) -> None:
+    """Two groups of 2 envs (stepped with step_async/step_wait, interleaved) fill the rollout buffer as one
+    vector env of 4 does: same seeds per env, a near-deterministic actor, so only the stepping order differs."""
+    def run(groups: bool) -> PPO:
+        torch.manual_seed(0)
+        actor = GaussianMLP(2, 1, hidden_dims=(16,), init_logstd=-12.0, last_layer_init_std=0.5)
+        envs = [make_envs(2, max_steps=6, asynchronous=True) for _ in range(2)] if groups else make_envs(4, max_steps=6)
+        ppo = PPO(actor, envs, tiny_config(1, n_envs=4, normalize_reward=False), tmp_path / str(groups))
+        ppo.learn()
+        for group in ppo.groups:
+            group.close()
+        return ppo
+
+    grouped, single = run(groups=True), run(groups=False)
+    assert grouped.n_envs == single.n_envs == 4 and grouped.group_rows == [slice(0, 2), slice(2, 4)]
+    for name in ("obs", "rewards", "values", "next_values", "terminated", "truncated"):
+        np.testing.assert_allclose(getattr(grouped.buffer, name).numpy(), getattr(single.buffer, name).numpy(),
+                                   atol=1e-4, err_msg=name)
+    assert grouped.buffer.terminated.any() or grouped.buffer.truncated.any()  # episodes ended mid-rollout
+    with pytest.raises(ConfigError, match="step_async"):
+        PPO(tiny_actor(), [make_envs(2), make_envs(2)], tiny_config(1, n_envs=4), tmp_path / "sync_groups")
