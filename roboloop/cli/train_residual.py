@@ -57,7 +57,8 @@ class TrainResidualConfig:
         vectorization: ``sync`` (one process) or ``async`` (one process per env).
         env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
             (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
-            compute. 1 steps every env at once.
+            compute; torch then runs on one CPU thread, leaving the other core to physics (PegInsert, 16 envs, 2
+            cores: 673 env steps/s with 1 group, 870 with 2). 1 steps every env at once.
         out_dir: Output directory (``{task}`` and ``{mode}`` are filled in).
         eval: How the base and the residual are evaluated (episodes, seeds, parallel envs).
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.
@@ -111,6 +112,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{mode}", residual.config.mode))
     _check_same_residual(out_dir / "checkpoints" / "last", residual)
     group_size = cfg.n_envs // cfg.env_groups
+    if cfg.env_groups > 1 and device.type == "cpu":
+        torch.set_num_threads(1)  # a second torch thread would compete with the physics thread for the cores
     try:
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual)
                 for _ in range(cfg.env_groups)]
