@@ -19,8 +19,10 @@ Envs (``--env``):
   ``ResidualVecEnv`` around one policy, ``env_groups=2``): one group's physics runs on its wrapper's worker
   thread while the other group's base and head compute. SB3's ``VecEnv`` API steps all envs at once
   (``step_async`` then at once ``step_wait``), so it gets one ``ResidualVecEnv`` of 8: the same envs, base,
-  head and seeds; the overlap is what our rollout loop adds. ``--base`` defaults to ``bc_success.py``'s
-  PegInsert_diffusion output.
+  head and seeds; the overlap is what our rollout loop adds. Both run with torch on one CPU thread
+  (``--threads``), as ``train-residual`` runs with env groups: the second core belongs to the physics thread (with
+  one group, 1 or 2 torch threads measured the same, 673 and 675 env steps/s on PegInsert). ``--base``
+  defaults to ``bc_success.py``'s PegInsert_diffusion output.
 * ``pendulum``: gymnasium ``Pendulum-v1``, a self-contained sanity case needing no checkpoint: 4 envs, n_steps
   1024, 64 minibatches (of 64), 10 epochs, lr 1e-3 annealed, gamma 0.9, lambda 0.95, clip 0.2, vf 0.5, max grad
   norm 0.5, reward normalization, actor and critic 2x64 tanh, log std 0 learned, mean layer gain 0.01 (RL Zoo's
@@ -282,12 +284,14 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternating (ours, SB3) pairs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (repeat r: seed + r)")
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default per env)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of both algorithms (default 1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv, extra_args)
     if args.repeats < 1:
         raise SystemExit(f"{NAME}: error: --repeats must be >= 1, got {args.repeats}")
+    torch.set_num_threads(args.threads)
     env = args.env or ("pendulum" if args.quick else "residual")
     base = Path(args.base) if Path(args.base).is_absolute() else REPO_ROOT / args.base
     setup = pendulum_setup(args.quick, args.steps) if env == "pendulum" else residual_setup(base, args.quick,
