@@ -1,0 +1,83 @@
+"""The loss terms of IQL, CQL / Cal-QL and SAC, as small pure functions (unit-tested against hand computations).
+
+Shapes: B = batch, E = critics in an ensemble, n = sampled actions per state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from roboloop.core.errors import ConfigError, InputError
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """IQL's asymmetric least squares (Kostrikov et al., 2022, eq. 5): ``mean(|tau - 1(diff < 0)| * diff^2)`` with
+    ``diff = Q(s, a) - V(s)``. ``tau = 0.5`` is the mean squared error; ``tau -> 1`` makes V an upper expectile
+    of Q over the data's actions (IQL: 0.7 for locomotion, 0.9 for AntMaze)."""
+    if not 0.0 < expectile < 1.0:
+        raise ConfigError(f"expectile must be in (0, 1), got {expectile}")
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def td_target(rewards: Tensor, terminated: Tensor, next_values: Tensor, gamma: float) -> Tensor:
+    """``r + gamma * (1 - terminated) * V(s')`` (B,): a terminated step has no future; a truncated one (time
+    limit) bootstraps like any other, since ``s'`` is its real final observation."""
+    if rewards.shape != terminated.shape or rewards.shape != next_values.shape:
+        raise InputError(f"td_target needs (B,) tensors of one shape, got {tuple(rewards.shape)}, "
+                         f"{tuple(terminated.shape)}, {tuple(next_values.shape)}")
+    return rewards + gamma * (1.0 - terminated.float()) * next_values
+
+
+def advantage_weights(advantages: Tensor, temperature: float, max_weight: float = 100.0) -> Tensor:
+    """IQL's advantage-weighted regression weights ``min(exp(temperature * A), max_weight)`` (B,), no gradient.
+    The clip keeps one lucky sample from dominating a batch (IQL's implementation uses 100)."""
+    if temperature < 0 or max_weight <= 0:
+        raise ConfigError(f"temperature must be >= 0 and max_weight > 0, got {temperature}, {max_weight}")
+    return torch.exp(temperature * advantages.detach()).clamp(max=max_weight)
+
+
+def calibrate(q_policy: Tensor, reference: Tensor) -> Tensor:
+    """Cal-QL's calibration (Nakamoto et al., 2023, eq. 5): the Q-values of the *policy's* actions (B, n) ...,
+    lower-bounded by a reference value of the state (B,), the behavior's Monte-Carlo return-to-go. The
+    conservative term then pushes those values down only as far as the reference, so the critic never
+    under-estimates the data's own returns and online finetuning does not start with an unlearning dip.
+    NaN references (transitions with no known return, i.e. online data) leave their row unchanged."""
+    if reference.shape != q_policy.shape[:1]:
+        raise InputError(f"reference has shape {tuple(reference.shape)}, expected ({q_policy.shape[0]},)")
+    bound = reference.reshape(-1, *([1] * (q_policy.ndim - 1))).expand_as(q_policy)
+    return torch.where(torch.isnan(bound), q_policy, torch.maximum(q_policy, bound))
+
+
+def conservative_penalty(q_data: Tensor, q_sampled: Tensor, log_densities: Tensor, temperature: float = 1.0) -> Tensor:
+    """CQL(H)'s regularizer (Kumar et al., 2020, eq. 4 with importance sampling, as in the reference code):
+    ``mean(T * logsumexp((Q(s, a_i) - log mu(a_i | s)) / T) - Q(s, a_data))`` over states, where the a_i are
+    the n sampled actions of each state (uniform random ones and the policy's) and ``log mu`` their proposal
+    log-densities (B, n) (the logsumexp then estimates the log-partition under the uniform measure). q_data
+    (B,), q_sampled (B, n). Minimizing it pushes Q down on sampled actions and up on the data's."""
+    if q_sampled.shape != log_densities.shape or q_sampled.shape[:1] != q_data.shape:
+        raise InputError(f"conservative_penalty needs q_data (B,), q_sampled and log_densities (B, n); got "
+                         f"{tuple(q_data.shape)}, {tuple(q_sampled.shape)}, {tuple(log_densities.shape)}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    pushed_down = temperature * torch.logsumexp((q_sampled - log_densities) / temperature, dim=1)
+    return (pushed_down - q_data).mean()
+
+
+def uniform_log_density(action_dim: int, low: float = -1.0, high: float = 1.0) -> float:
+    """Log-density of the uniform distribution over a box ``[low, high]^action_dim``."""
+    return -action_dim * math.log(high - low)
+
+
+def sac_actor_loss(q_policy: Tensor, log_probs: Tensor, alpha: Tensor | float) -> Tensor:
+    """SAC's actor objective ``mean(alpha * log pi(a|s) - Q(s, a))`` with ``a ~ pi`` reparameterized (B,)."""
+    return (alpha * log_probs - q_policy).mean()
+
+
+def temperature_loss(log_alpha: Tensor, log_probs: Tensor, target_entropy: float) -> Tensor:
+    """SAC's automatic entropy tuning: ``mean(-log_alpha * (log pi + target_entropy))``: alpha rises while the
+    policy's entropy is below the target (the usual target: ``-action_dim``)."""
+    return (-log_alpha * (log_probs.detach() + target_entropy)).mean()
