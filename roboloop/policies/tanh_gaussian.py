@@ -44,8 +44,8 @@ class TanhGaussianMLP(nn.Module):
             raise ConfigError(f"obs_dim and action_dim must be >= 1, got {obs_dim} and {action_dim}")
         if not log_std_min < log_std_max:
             raise ConfigError(f"log_std_min must be below log_std_max, got {log_std_min}, {log_std_max}")
-        low_t = torch.as_tensor(np.broadcast_to(low, (action_dim,)), dtype=torch.float32).clone()
-        high_t = torch.as_tensor(np.broadcast_to(high, (action_dim,)), dtype=torch.float32).clone()
+        low_t = torch.tensor(np.broadcast_to(low, (action_dim,)).copy(), dtype=torch.float32)
+        high_t = torch.tensor(np.broadcast_to(high, (action_dim,)).copy(), dtype=torch.float32)
         if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all() and (high_t > low_t).all()):
             raise ConfigError(f"action bounds must be finite with high > low, got {low_t.tolist()}, {high_t.tolist()}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
