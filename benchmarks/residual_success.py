@@ -47,7 +47,8 @@ BASE_INFERENCE_STEPS = 4  # ResidualConfig.base_num_inference_steps: the base as
 #: scaled to 2 cores) unless overridden here.
 CASES: dict[str, tuple[str, list[str]]] = {
     "PegInsert": ("outputs/bench/PegInsert_diffusion/checkpoints/best",
-                  ["n_envs=16", "ppo.total_env_steps=1500000", "ppo.eval_every=20", "eval.n_episodes=50"]),
+                  ["n_envs=16", "ppo.total_env_steps=1500000", "ppo.eval_every=20", "eval.n_episodes=50",
+                   "reward_shaping=10"]),
     # Cube placements beyond the demonstrations' (x +-0.12 -> +-0.2 m, y -0.02..0.15 -> -0.1..0.22 m, yaw
     # +-45 -> +-86 degrees): the base drops to about a third (heavier, slipperier cubes did not hurt it at all).
     "Lift_wide": ("outputs/bench/Lift_diffusion/checkpoints/best",

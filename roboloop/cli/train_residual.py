@@ -55,6 +55,10 @@ class TrainResidualConfig:
         ppo: PPO settings (rollout length, epochs, learning rates, budget, checkpoints, evaluation cadence).
         n_envs: Parallel training environments.
         vectorization: ``sync`` (one process) or ``async`` (one process per env).
+        reward_shaping: Coefficient of potential-based shaping added to the task's sparse reward (0: ResiP's
+            sparse reward alone). ``Phi = reward_shaping * (sum of the env's shaped terms)``; the optimal policy
+            stays the sparse task's (see ``ResidualVecEnv``). For a base that rarely succeeds within a rollout,
+            where a sparse reward gives PPO nothing to compare.
         env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
             (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
             compute; torch then runs on one CPU thread, leaving the other core to physics (PegInsert, 16 envs, 2
@@ -71,6 +75,7 @@ class TrainResidualConfig:
     ppo: PPOConfig = field(default_factory=_residual_ppo)
     n_envs: int = 8
     vectorization: str = "sync"
+    reward_shaping: float = 0.0
     env_groups: int = 2
     out_dir: str = "outputs/train_residual/{task}_{mode}"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=50))
@@ -81,6 +86,8 @@ class TrainResidualConfig:
             raise ConfigError(f"n_envs must be >= 1, got {self.n_envs}")
         if self.vectorization not in ("sync", "async"):
             raise ConfigError(f"vectorization must be sync or async, got {self.vectorization!r}")
+        if self.reward_shaping < 0:
+            raise ConfigError(f"reward_shaping must be >= 0, got {self.reward_shaping}")
         if self.env_groups < 1 or self.n_envs % self.env_groups:
             raise ConfigError(f"env_groups must be >= 1 and divide n_envs ({self.n_envs}), got {self.env_groups}")
 
@@ -115,8 +122,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     if cfg.env_groups > 1 and device.type == "cpu":
         torch.set_num_threads(1)  # a second torch thread would compete with the physics thread for the cores
     try:
-        envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual)
-                for _ in range(cfg.env_groups)]
+        envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual,
+                               shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma) for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
 

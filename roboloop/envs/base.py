@@ -271,8 +271,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         refresh_derived(m, d)
         self._obs_noise.reset(float(sample["obs_noise_std"]), sample.get("obs_noise_seed"))
         self._episode = sample
-        success, _ = self._evaluate()
-        return self._observation(), {"randomization": sample, "is_success": success}
+        success, terms = self._evaluate()  # the shaped terms too: potential-based shaping needs them at reset
+        return self._observation(), {"randomization": sample, "is_success": success, **terms}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = check_action(self.task_name, action, "dx, dy, dz, dyaw, grip")

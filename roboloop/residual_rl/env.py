@@ -22,6 +22,12 @@ the caller computes something else, e.g. the actions of another group of envs (`
 the base's planning for the stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode runs
 the whole chunk in ``step_wait``.
 
+``shaping > 0`` adds potential-based shaping (Ng et al., 1999) to the task's reward: ``F = gamma * Phi(s') -
+Phi(s)`` with ``Phi = shaping * sum of the env's shaped terms`` (``info["reward_*"]``: reach, align, insert on
+PegInsert) and ``Phi = 0`` after termination. The shaped return differs from the sparse one by ``-Phi(s_0)``, which
+no policy changes, so the optimal policy is the sparse task's (exactly in ``step`` mode, where a wrapper step is
+one env step and ``gamma`` is PPO's); the dense terms only tell PPO which near-misses were nearer.
+
 A finished episode's last head observation is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``
 (masks ``_final_obs``/``_final_info``), as gymnasium's SAME_STEP vector envs do, so truncation can bootstrap.
 """
@@ -62,9 +68,11 @@ class ResidualVecEnv(VectorEnv):
     Args:
         envs: Roboloop vector env with ``AutoresetMode.DISABLED`` whose spaces fit the base's spec.
         policy: The residual policy whose head is being trained (its base runs inside the wrapper).
+        shaping: Coefficient of the potential-based reward shaping (0: the task's reward alone, ResiP's setting).
+        gamma: The discount of the shaping term (PPO's).
     """
 
-    def __init__(self, envs: VectorEnv, policy: ResidualPolicy) -> None:
+    def __init__(self, envs: VectorEnv, policy: ResidualPolicy, *, shaping: float = 0.0, gamma: float = 0.99) -> None:
         if envs.metadata.get("autoreset_mode") != AutoresetMode.DISABLED:
             raise ConfigError("ResidualVecEnv needs an inner vector env with autoreset_mode=AutoresetMode.DISABLED "
                               "(it resets finished sub-envs itself); use make_vector_env")
@@ -97,12 +105,18 @@ class ResidualVecEnv(VectorEnv):
         self.base_queries = 0
         self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
         self._pending: Future[tuple[Any, ...]] | np.ndarray | None = None  # step mode: physics; chunk: deltas
+        if shaping < 0 or not 0 < gamma <= 1:
+            raise ConfigError(f"shaping must be >= 0 and gamma in (0, 1], got {shaping}, {gamma}")
+        self.shaping, self.gamma = float(shaping), float(gamma)
+        self._potential = np.zeros(self.num_envs)  # Phi of each sub-env's current state
 
     # ------------------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | list[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         obs, infos = self.envs.reset(seed=seed, options=options)
         self._check(obs, None, np.arange(self.num_envs))
+        if self.shaping:
+            self._potential[:] = self._potentials(infos)
         self.executor.reset()
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
         ids = np.arange(self.num_envs)
@@ -200,6 +214,10 @@ class ResidualVecEnv(VectorEnv):
         obs, rewards, terminated, truncated, infos = stepped
         rewards = np.asarray(rewards, dtype=np.float64)
         self._check(obs, rewards, np.arange(self.num_envs))
+        if self.shaping:
+            potential = np.where(np.asarray(terminated), 0.0, self._potentials(infos))
+            rewards = rewards + self.gamma * potential - self._potential
+            self._potential = potential
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
         done = np.asarray(terminated) | np.asarray(truncated)
         alive = np.flatnonzero(~done)
@@ -222,8 +240,10 @@ class ResidualVecEnv(VectorEnv):
                     self._add_info(infos_out, {"final_obs": final_obs[row], "final_info": env_info(infos, i)}, i)
             mask = np.zeros(self.num_envs, dtype=bool)
             mask[finished] = True
-            new_obs, _ = self.envs.reset(options={"reset_mask": mask})
+            new_obs, reset_infos = self.envs.reset(options={"reset_mask": mask})
             self._check(new_obs, None, finished)
+            if self.shaping:
+                self._potential[finished] = self._potentials(reset_infos)[finished]
             for k in self._raw_obs:
                 self._raw_obs[k][finished] = np.asarray(new_obs[k])[finished]
             self.executor.reset(finished)
@@ -232,6 +252,18 @@ class ResidualVecEnv(VectorEnv):
             else:
                 self.executor.observe(self._raw_obs, active=mask)
         return rewards, np.asarray(terminated), np.asarray(truncated), done
+
+    def _potentials(self, infos: dict[str, Any]) -> np.ndarray:
+        """Phi (N,) from the sub-envs' shaped reward terms in ``infos`` (rows not reported are 0)."""
+        terms = [key for key in infos if key.startswith("reward_")]
+        if not terms:
+            raise ConfigError(f"reward shaping needs the env's shaped reward terms (info['reward_*']); the env reports "
+                              f"{sorted(k for k in infos if not k.startswith('_'))}")
+        total = np.zeros(self.num_envs)
+        for key in terms:
+            values = np.asarray(infos[key], dtype=np.float64)
+            total += np.where(infos.get(f"_{key}", np.ones(self.num_envs, dtype=bool)), values, 0.0)
+        return self.shaping * total
 
     def _finish_step(self, stepped: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                                                 dict[str, Any]]:

@@ -252,3 +252,28 @@ def test_step_async_then_step_wait_is_step(lift_demos: Path, mode: str) -> None:
         envs[1].step_wait()
     for venv in envs:
         venv.close()
+
+
+def test_potential_based_shaping_adds_gamma_phi_next_minus_phi(lift_demos: Path) -> None:
+    """reward = sparse + gamma * Phi(s') - Phi(s), Phi = shaping * sum of info['reward_*'], replayed on a plain env."""
+    policy = ResidualPolicy.from_base(make_base(lift_demos))  # an MLP base and a zero head: deterministic
+    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=2.0, gamma=0.9)
+    head_obs, _ = venv.reset(seed=[7])
+    env = make("Lift")
+    _, info = env.reset(seed=7)
+
+    def phi(terms: dict) -> float:
+        return 2.0 * sum(v for k, v in terms.items() if k.startswith("reward_"))
+
+    previous = phi(info)
+    for _ in range(10):
+        action = venv._env_actions(np.zeros((1, 5), np.float32))[0]  # what the wrapper will execute
+        _, shaped, terminated, truncated, _ = venv.step(np.zeros((1, 5), np.float32))
+        _, sparse, term, _, info = env.step(action)
+        current = 0.0 if term else phi(info)
+        assert shaped[0] == pytest.approx(sparse + 0.9 * current - previous, abs=1e-9)
+        previous = current
+        if terminated[0] or truncated[0]:
+            break
+    with pytest.raises(ConfigError, match="shaping"):
+        ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=-1.0)
