@@ -370,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if env == "residual" and not args.quick:
         targets.append(target("speed_ratio_ours_over_sb3[residual]", round(ratio, 3), ">=", MIN_SPEED_RATIO,
                               "env steps/s incl. updates, summed over the repeats"))
+        ours_success, sb3_success = figures["ours_eval_success"], figures["sb3_eval_success"]
+        if ours_success is not None and sb3_success is not None:
+            targets.append(target("final_success_ours_minus_sb3[residual]", round(ours_success - sb3_success, 4),
+                                  ">=", 0.0, f"ours {pct(ours_success)}, SB3 {pct(sb3_success)} over {n_eval} "
+                                  f"episodes each (the issue: equal or better)"))
     return finish(NAME, figures, targets, table, quick=args.quick)
 
 

@@ -117,6 +117,22 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         rows += _bc_rows(r)
     if (r := _load("residual_success")) is not None:
         rows += _residual_rows(r)
+    if (r := _load("ppo_vs_sb3")) is not None:
+        f = r["figures"]
+        success = ("" if f.get("ours_eval_success") is None else
+                   f"; final success ours {100 * f['ours_eval_success']:.0f}%, SB3 {100 * f['sb3_eval_success']:.0f}%")
+        rows.append((f"our PPO ÷ stable-baselines3 PPO, env steps/s on the same {f['env']} env, same hyperparameters "
+                     f"and budget ({f['env_step_budget']:,} steps, {f['n_envs']} envs; commit {r['commit']})",
+                     f"{f['speed_ratio']:.2f}x ({f['ours_env_steps_per_second']:.0f} vs "
+                     f"{f['sb3_env_steps_per_second']:.0f}/s){success}", "≥ 1.3x, success ≥ SB3's",
+                     _status(r["targets"]), _command("ppo_vs_sb3")))
+    if (r := _load("ppo_halfcheetah")) is not None:
+        f = r["figures"]
+        rows.append((f"PPO core on HalfCheetah-v5, CleanRL's settings, {f['env_steps']:,} env steps (commit "
+                     f"{r['commit']}): training return (last 10%) / deterministic evaluation return",
+                     f"{f['train_return_last10pct']:.0f} / {f['eval_return']:.0f}; "
+                     f"{f['env_steps_per_second']:.0f} env steps/s", "≥ 1400 (CleanRL: 1442.6 ± 46 on v4)",
+                     _status(r["targets"]), _command("ppo_halfcheetah")))
     return rows
 
 
@@ -189,7 +205,8 @@ def _noise_table() -> str:
 
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
-                              "peg_precision", "diffusion_latency", "bc_success", "residual_success")
+                              "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
+                              "ppo_halfcheetah")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
