@@ -54,7 +54,7 @@ env-step budget and every evaluation return is finite. ``--quick`` (Pendulum unl
 4096 steps with 2 envs and evaluates 2 episodes: plumbing only.
 
     .venv/bin/python benchmarks/ppo_vs_sb3.py [--env residual --base CHECKPOINT | --env pendulum]
-        [--steps N] [--repeats 1] [--seed 0] [--episodes N] [--quick]
+        [--n-envs 8] [--steps N] [--repeats 1] [--seed 0] [--episodes N] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def pendulum_setup(quick: bool, steps: int | None) -> Setup:
                  2 if quick else 10, build)
 
 
-def residual_setup(base: Path, quick: bool, steps: int | None) -> Setup:
+def residual_setup(base: Path, quick: bool, steps: int | None, n_envs: int | None = None) -> Setup:
     if not (base / "meta.json").exists():
         raise SystemExit(f"{NAME}: error: --base {str(base)!r} is not a BC checkpoint directory (no meta.json); "
                          f"train one first, e.g. benchmarks/bc_success.py --cases PegInsert_diffusion")
@@ -151,7 +151,10 @@ def residual_setup(base: Path, quick: bool, steps: int | None) -> Setup:
     task = task_info(meta["task"]).name
     env_kwargs = dict(meta.get("env_kwargs", {}))
     residual = ResidualConfig()
-    n_envs, n_steps = (2, 50) if quick else (8, 100)
+    default_envs, n_steps = (2, 50) if quick else (8, 100)
+    n_envs = n_envs or default_envs
+    if n_envs % 2:
+        raise SystemExit(f"{NAME}: error: --n-envs must be even (ours runs two groups), got {n_envs}")
     total = steps or (400 if quick else 100_000)
     cfg = PPOConfig(total_env_steps=total, n_steps=n_steps, n_epochs=10, n_minibatches=4, gamma=0.99,
                     gae_lambda=0.95, clip_coef=0.2, ent_coef=0.0, vf_coef=1.0, max_grad_norm=1.0, actor_lr=3e-4,
@@ -284,6 +287,7 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternating (ours, SB3) pairs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (repeat r: seed + r)")
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default per env)")
+    parser.add_argument("--n-envs", type=int, default=None, help="residual env: parallel envs (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of both algorithms (default 1)")
 
 
@@ -295,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = args.env or ("pendulum" if args.quick else "residual")
     base = Path(args.base) if Path(args.base).is_absolute() else REPO_ROOT / args.base
     setup = pendulum_setup(args.quick, args.steps) if env == "pendulum" else residual_setup(base, args.quick,
-                                                                                              args.steps)
+                                                                                              args.steps, args.n_envs)
     batch = setup.cfg.n_steps * setup.n_envs
     budget = setup.cfg.total_env_steps // batch * batch
     if budget < batch:
