@@ -1,0 +1,187 @@
+"""``CalQL``: calibrated conservative Q-learning (Nakamoto et al., 2023), CQL with the calibration that removes the
+unlearning dip of offline-to-online finetuning; ``calibrated=False`` is plain CQL(H) (Kumar et al., 2020).
+
+Built on SAC: a squashed-Gaussian actor with an automatically tuned entropy temperature, two Q-functions with
+Polyak targets and a min-of-two backup (without the entropy term, as Cal-QL's reference configuration). The
+conservative term pushes Q down on sampled actions (uniform ones and the policy's at s and s', importance-weighted
+by their log-densities) and up on the data's. Cal-QL lower-bounds the Q-values of the *policy's* sampled actions
+by the data's Monte-Carlo return-to-go before the push, so Q is never pushed below what the behavior achieved:
+at the switch to online data the critic is calibrated and the policy does not first unlearn. Online transitions
+carry no return (NaN) and are not calibrated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from roboloop.core.errors import ConfigError
+from roboloop.offline_rl.losses import (
+    calibrate,
+    conservative_penalty,
+    sac_actor_loss,
+    td_target,
+    temperature_loss,
+)
+from roboloop.offline_rl.networks import QEnsemble, soft_update
+from roboloop.offline_rl.replay import Transitions
+from roboloop.policies.tanh_gaussian import TanhGaussianMLP
+
+
+@dataclass
+class CalQLConfig:
+    """Cal-QL / CQL hyperparameters (Cal-QL's reference settings by default).
+
+    Attributes:
+        calibrated: Cal-QL's lower bound on the policy's Q-values; False is plain CQL.
+        cql_alpha: Weight of the conservative term (Cal-QL: 5 on AntMaze, 1 on Adroit/Kitchen).
+        n_actions: Actions sampled per state for each of: uniform, pi(s), pi(s').
+        cql_temperature: Temperature of the conservative term's logsumexp.
+        gamma: Discount.
+        target_update_rate: Polyak rate of the target Q-functions.
+        actor_lr, critic_lr, alpha_lr: Adam learning rates (actor 1e-4, critic 3e-4 in the reference).
+        init_alpha: Initial entropy temperature.
+        target_entropy: Entropy target of the temperature (None: -A).
+        hidden_dims: Widths of the Q networks.
+    """
+
+    calibrated: bool = True
+    cql_alpha: float = 5.0
+    n_actions: int = 10
+    cql_temperature: float = 1.0
+    gamma: float = 0.99
+    target_update_rate: float = 0.005
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    target_entropy: float | None = None
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+
+    def __post_init__(self) -> None:
+        if self.cql_alpha < 0 or self.n_actions < 1 or self.cql_temperature <= 0:
+            raise ConfigError(f"calql needs cql_alpha >= 0, n_actions >= 1, cql_temperature > 0; got "
+                              f"{self.cql_alpha}, {self.n_actions}, {self.cql_temperature}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.target_update_rate <= 1.0:
+            raise ConfigError(f"calql.gamma and target_update_rate must be in (0, 1], got {self.gamma}, "
+                              f"{self.target_update_rate}")
+        if min(self.actor_lr, self.critic_lr, self.alpha_lr, self.init_alpha) <= 0:
+            raise ConfigError("calql learning rates and init_alpha must be > 0")
+
+
+class CalQL:
+    """Cal-QL (or CQL) for a ``TanhGaussianMLP`` actor on flat observations (D) and actions (A) in the actor's
+    bounds; ``update(batch)`` is one gradient step of the critics, the actor and the temperature."""
+
+    def __init__(self, actor: TanhGaussianMLP, obs_dim: int, action_dim: int, cfg: CalQLConfig,
+                 device: str | torch.device = "cpu") -> None:
+        if not isinstance(actor, TanhGaussianMLP):
+            raise ConfigError(f"CalQL's actor is a TanhGaussianMLP (it needs reparameterized, bounded samples), "
+                              f"got {type(actor).__name__}")
+        self.cfg, self.device = cfg, torch.device(device)
+        self.actor = actor.to(self.device)
+        self.action_dim = action_dim
+        self.critic = QEnsemble(obs_dim, action_dim, cfg.hidden_dims, 2).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(float(torch.tensor(cfg.init_alpha).log()), device=self.device,
+                                      requires_grad=True)
+        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.optimizers = {
+            "actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
+        }
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    def conservative_term(self, batch: Transitions, q_data: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The (calibrated) conservative penalty, summed over the two critics, and diagnostics."""
+        cfg = self.cfg
+        obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
+        B, n = obs.shape[0], cfg.n_actions
+        low, high = self.actor.action_center - self.actor.action_half_range, \
+            self.actor.action_center + self.actor.action_half_range
+        uniform = low + (high - low) * torch.rand(B * n, self.action_dim, device=self.device)
+        q_uniform = self.critic(obs.repeat_interleave(n, dim=0), uniform).reshape(-1, B, n)
+        log_uniform = torch.full((B, n), -float(torch.log(high - low).sum()), device=self.device)
+        q_pi, log_pi = self._policy_q_at(obs, obs, n)
+        # pi(s') evaluated at s, as CQL's reference implementation does: more actions near the policy's support.
+        next_actions_q, log_pi_next = self._policy_q_at(obs, next_obs, n)
+        stats: dict[str, float] = {}
+        if cfg.calibrated:
+            reference = batch.mc_returns.to(self.device)
+            known = ~torch.isnan(reference)
+            stats["calibrated_fraction"] = (
+                (q_pi < reference[None, :, None]) & known[None, :, None]).float().mean().item() if known.any() else 0.0
+            q_pi = torch.stack([calibrate(q, reference) for q in q_pi])
+            next_actions_q = torch.stack([calibrate(q, reference) for q in next_actions_q])
+        q_sampled = torch.cat([q_uniform, q_pi, next_actions_q], dim=2)  # (E, B, 3n)
+        log_densities = torch.cat([log_uniform, log_pi, log_pi_next], dim=1)  # (B, 3n)
+        penalty = torch.stack([conservative_penalty(q_data[e], q_sampled[e], log_densities, cfg.cql_temperature)
+                               for e in range(q_sampled.shape[0])]).sum()
+        stats["q_uniform"] = q_uniform.mean().item()
+        stats["q_policy"] = q_pi.mean().item()
+        return penalty, stats
+
+    def _policy_q_at(self, obs: Tensor, action_obs: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """Q(obs, a) (E, B, n) for n actions sampled from pi(action_obs), with their log-probs (B, n)."""
+        B = obs.shape[0]
+        with torch.no_grad():
+            actions, log_probs = self.actor.rsample(action_obs.repeat_interleave(n, dim=0))
+        return (self.critic(obs.repeat_interleave(n, dim=0), actions).reshape(-1, B, n), log_probs.reshape(B, n))
+
+    def update(self, batch: Transitions) -> dict[str, float]:
+        """One step on a batch of B transitions; returns the losses and diagnostics as floats."""
+        cfg = self.cfg
+        obs, actions = batch.obs.to(self.device), batch.actions.to(self.device)
+        rewards, terminated = batch.rewards.to(self.device), batch.terminated.to(self.device)
+
+        # --- critics: TD (min of the two targets at a' ~ pi(s')) plus the conservative term
+        with torch.no_grad():
+            next_actions, _ = self.actor.rsample(batch.next_obs.to(self.device))
+            next_q = self.critic_target(batch.next_obs.to(self.device), next_actions).min(dim=0).values
+            target = td_target(rewards, terminated, next_q, cfg.gamma)
+        q_data = self.critic(obs, actions)  # (E, B)
+        td_loss = (q_data - target).pow(2).mean(dim=1).sum()
+        penalty, stats = self.conservative_term(batch, q_data)
+        critic_loss = td_loss + cfg.cql_alpha * penalty
+        self._step("critic", critic_loss)
+
+        # --- actor (SAC) and temperature
+        new_actions, log_probs = self.actor.rsample(obs)
+        q_new = self.critic(obs, new_actions).min(dim=0).values
+        actor_loss = sac_actor_loss(q_new, log_probs, self.alpha.detach())
+        self._step("actor", actor_loss)
+        alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
+        self._step("alpha", alpha_loss)
+
+        soft_update(self.critic_target, self.critic, cfg.target_update_rate)
+        return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "actor_loss": actor_loss.item(),
+                "alpha": self.alpha.item(), "q_data": q_data.mean().item(), "entropy": -log_probs.mean().item(),
+                **stats}
+
+    def _step(self, name: str, loss: Tensor) -> None:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
