@@ -13,6 +13,7 @@ carry no return (NaN) and are not calibrated.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
+from roboloop.offline_rl.agent_state import agent_state, load_agent_state, optimizer_step
 from roboloop.offline_rl.losses import (
     calibrate,
     conservative_penalty,
@@ -87,8 +89,7 @@ class CalQL:
         self.action_dim = action_dim
         self.critic = QEnsemble(obs_dim, action_dim, cfg.hidden_dims, 2).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(float(torch.tensor(cfg.init_alpha).log()), device=self.device,
-                                      requires_grad=True)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
         self.optimizers = {
             "actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
@@ -166,22 +167,15 @@ class CalQL:
                 "alpha": self.alpha.item(), "q_data": q_data.mean().item(), "entropy": -log_probs.mean().item(),
                 **stats}
 
-    def _step(self, name: str, loss: Tensor) -> None:
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        optimizer_step(self.optimizers[name], loss)
+
+    def _networks(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+        """Everything a resumed run needs besides the replay data: networks, targets, optimizers."""
+        return agent_state(self._networks(), self.optimizers, {"log_alpha": self.log_alpha})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+        load_agent_state(state, self._networks(), self.optimizers, {"log_alpha": self.log_alpha})

@@ -19,6 +19,7 @@ from torch import nn
 
 from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
+from roboloop.offline_rl.agent_state import agent_state, load_agent_state, optimizer_step
 from roboloop.offline_rl.losses import advantage_weights, expectile_loss, td_target
 from roboloop.offline_rl.networks import QEnsemble, StateValue, soft_update
 from roboloop.offline_rl.replay import Transitions
@@ -115,21 +116,15 @@ class IQL:
                 "advantage_mean": advantage.mean().item(), "weight_mean": weights.mean().item()}
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(self.optimizers[name], loss)
+
+    def _networks(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                "value": self.value}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs besides the replay data: networks, target, optimizers."""
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "critic_target": self.critic_target.state_dict(), "value": self.value.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+        """Everything a resumed run needs besides the replay data: networks, targets, optimizers."""
+        return agent_state(self._networks(), self.optimizers)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.value.load_state_dict(state["value"])
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+        load_agent_state(state, self._networks(), self.optimizers)
