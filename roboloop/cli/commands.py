@@ -16,6 +16,7 @@ from roboloop.core.metrics import format_rate
 from roboloop.datasets.collection import CollectConfig, collect
 from roboloop.datasets.replay import ReplayConfig, replay
 from roboloop.datasets.store import EpisodeStore
+from roboloop.datasets.tiers import TiersConfig, make_tiers
 from roboloop.utils.io import atomic_path
 
 __all__ = ["CollectConfig", "InfoConfig", "QuickstartConfig", "ReplayConfig", "run_collect", "run_info",
@@ -36,6 +37,15 @@ def run_collect(cfg: CollectConfig) -> int:
     print(f"wrote {summary.episodes} episodes ({summary.steps} steps) to {summary.path} ({_size(summary.path)})")
     print(f"expert success: {format_rate(summary.successes, summary.attempted)}")
     print(f"time: {summary.seconds:.1f} s ({summary.steps / max(summary.seconds, 1e-9):.0f} env steps/s)")
+    return 0
+
+
+def run_make_tiers(cfg: TiersConfig) -> int:
+    for tier, parts in make_tiers(cfg).items():
+        episodes = sum(p.episodes for p in parts)
+        successes = sum(p.successes for p in parts)
+        print(f"{tier}: {episodes} episodes, {format_rate(successes, episodes)} successful -> {parts[0].path} "
+              f"({_size(parts[0].path)})")
     return 0
 
 

@@ -51,6 +51,8 @@ def _commands() -> dict[str, Command]:
     return {
         "collect": Command(lambda: commands.CollectConfig, commands.run_collect,
                            "record scripted-expert demonstrations into an episode file"),
+        "make-tiers": Command(lambda: commands.TiersConfig, commands.run_make_tiers,
+                              "expert / medium / mixed dataset tiers of a task, for offline RL"),
         "replay": Command(lambda: commands.ReplayConfig, commands.run_replay,
                           "re-simulate stored episodes, report the largest mismatch, write an mp4", "file"),
         "info": Command(lambda: commands.InfoConfig, commands.run_info,

@@ -47,6 +47,7 @@ class CollectConfig:
         mode: ``w`` replaces the file, ``a`` appends to it.
         success_only: Write only successful episodes (``n_episodes`` still counts written episodes).
         env_kwargs: Extra constructor arguments of the env (e.g. ``clearance``, ``randomization``).
+        source: The ``source`` attribute of every written episode (dataset tiers name their parts with it).
         progress: Show a progress bar.
     """
 
@@ -63,6 +64,7 @@ class CollectConfig:
     mode: str = "w"
     success_only: bool = False
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str = "scripted_expert"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -156,7 +158,7 @@ class _Recording:
             self.obs[k].append(v)
         self.states.append(next_state)
 
-    def finish(self, success: bool, policy_id: str) -> Episode:
+    def finish(self, success: bool, policy_id: str, source: str) -> Episode:
         return Episode(
             observations={k: np.stack(v) for k, v in self.obs.items()},
             actions=np.stack(self.actions),
@@ -165,7 +167,7 @@ class _Recording:
             truncated=np.asarray(self.truncated, dtype=bool),
             states=np.stack(self.states[:-1]),  # the state before each action
             attrs={
-                "success": bool(success), "source": "scripted_expert", "policy_id": policy_id,
+                "success": bool(success), "source": source, "policy_id": policy_id,
                 "seed": self.seed, "return": float(np.sum(self.rewards)), "randomization": self.randomization,
             },
         )
@@ -232,7 +234,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
                 attempted += 1
                 successes += success
                 if (success or not cfg.success_only) and written < cfg.n_episodes:
-                    writer.append(rec.finish(success, policy_id))
+                    writer.append(rec.finish(success, policy_id, cfg.source))
                     written += 1
                     bar.update(1)
                     bar.set_postfix(success=f"{successes / attempted:.0%}")
