@@ -1,0 +1,81 @@
+"""OffPolicyTrainer: offline then online phases on the point mass, exact resume, checks on its inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roboloop.core.errors import ConfigError, InputError
+from roboloop.offline_rl import ReplayBuffer
+from roboloop.offline_rl.iql import IQL, IQLConfig
+from roboloop.offline_rl.sac import SAC, SACConfig
+from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
+from roboloop.policies.gaussian_mlp import GaussianMLP
+from roboloop.policies.tanh_gaussian import TanhGaussianMLP
+from tests.point_mass import STEP_SIZE, make_envs
+
+
+def random_point_mass_data(n: int = 400, seed: int = 0) -> ReplayBuffer:
+    """Random-action transitions of the point mass (reward -|x'|), cut every 20 steps (truncated)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, n)
+    t = np.tile(np.arange(20), n // 20)[:n]
+    a = rng.uniform(-1, 1, n)
+    x_next = x + STEP_SIZE * a
+    obs = np.stack([x, t / 20], 1).astype(np.float32)
+    next_obs = np.stack([x_next, (t + 1) / 20], 1).astype(np.float32)
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=n)
+    buffer.add(obs, a[:, None].astype(np.float32), -np.abs(x_next), next_obs, np.zeros(n, bool), t == 19)
+    return buffer
+
+
+def iql_agent() -> IQL:
+    torch.manual_seed(0)
+    return IQL(GaussianMLP(2, 1, hidden_dims=(16,), learn_std=True, last_layer_init_std=0.1), 2, 1,
+               IQLConfig(hidden_dims=[16]))
+
+
+def config(**overrides: object) -> OffPolicyConfig:
+    fields: dict[str, object] = {"offline_steps": 20, "batch_size": 32, "log_every": 5, "eval_every": 10,
+                                 "checkpoint_every": 10, "progress": False, **overrides}
+    return OffPolicyConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_offline_run_resumes_exactly(tmp_path: Path) -> None:
+    full = OffPolicyTrainer(iql_agent(), random_point_mass_data(), config(), tmp_path / "full").learn()
+    assert full.updates == 20
+    OffPolicyTrainer(iql_agent(), random_point_mass_data(), config(offline_steps=10), tmp_path / "split").learn()
+    resumed = iql_agent()
+    OffPolicyTrainer(resumed, random_point_mass_data(), config(resume=True), tmp_path / "split").learn()
+    reference = iql_agent()
+    OffPolicyTrainer(reference, random_point_mass_data(), config(), tmp_path / "again").learn()
+    for a, b in zip(resumed.critic.parameters(), reference.critic.parameters(), strict=True):
+        assert torch.equal(a, b)
+    records = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in records] == [5, 10, 15, 20] and {r["phase"] for r in records} == {"offline"}
+    with pytest.raises(ConfigError, match="resume=true"):
+        OffPolicyTrainer(iql_agent(), random_point_mass_data(), config(), tmp_path / "full").learn()
+
+
+def test_online_phase_stores_final_observations_and_mixes_data(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    agent = SAC(TanhGaussianMLP(2, 1, hidden_dims=(16,)), 2, 1, SACConfig(n_critics=2, hidden_dims=[16]))
+    envs = make_envs(2, max_steps=5)
+    evaluations: list[int] = []
+    trainer = OffPolicyTrainer(agent, random_point_mass_data(), config(offline_steps=4, online_env_steps=30,
+                                                                      utd_ratio=2, eval_every=0),
+                               tmp_path, envs=envs, evaluate_fn=lambda actor, n: evaluations.append(n) or {"x": 1.0})
+    result = trainer.learn()
+    assert result.online_env_steps == 30 and result.updates == 4 + 15 * 2 and evaluations == [34]
+    online = trainer.online.gather(torch.arange(len(trainer.online)))
+    assert len(trainer.online) == 30
+    # Every 5th step of each env ends an episode by truncation; its next_obs is the final one (t = 5/5 = 1).
+    assert online.truncated.sum().item() == 6 and (online.next_obs[online.truncated, 1] == 1.0).all()
+    assert torch.isnan(online.mc_returns).all()
+    with pytest.raises(InputError, match="do not match"):
+        OffPolicyTrainer(agent, ReplayBuffer(3, 1, 4), config(online_env_steps=2), tmp_path / "x", envs=envs)
+    envs.close()
