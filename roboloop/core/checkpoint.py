@@ -177,10 +177,11 @@ def read_policy_type(path: str | Path) -> str:
 def load_policy(path: str | Path, *, device: str | torch.device = "cpu",
                 expected: type[Policy] | None = None) -> Policy:
     """Build the checkpoint's policy from its config and spec, load its weights strictly, return it in eval mode."""
+    from roboloop.offline_rl.policy import RLActorPolicy
     from roboloop.policies import POLICIES
     from roboloop.residual_rl.policy import ResidualPolicy
 
-    known = {**POLICIES, ResidualPolicy.name: ResidualPolicy}
+    known = {**POLICIES, ResidualPolicy.name: ResidualPolicy, RLActorPolicy.name: RLActorPolicy}
     path = Path(path)
     policy_type = read_policy_type(path)
     if expected is not None and policy_type != expected.name:
