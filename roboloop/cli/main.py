@@ -48,6 +48,11 @@ def _commands() -> dict[str, Command]:
 
         return train_residual
 
+    def offline() -> Any:
+        from roboloop.cli import train_offline
+
+        return train_offline
+
     return {
         "collect": Command(lambda: commands.CollectConfig, commands.run_collect,
                            "record scripted-expert demonstrations into an episode file"),
@@ -65,6 +70,11 @@ def _commands() -> dict[str, Command]:
         "train-residual": Command(lambda: residual().TrainResidualConfig,
                                   lambda cfg: residual().run_train_residual(cfg),
                                   "refine a frozen BC checkpoint (base=...) with residual PPO"),
+        "train-offline": Command(lambda: offline().TrainOfflineConfig, lambda cfg: offline().run_train_offline(cfg),
+                                 "offline RL (algo=iql|calql|rlpd) on an episode file with rewards"),
+        "finetune-online": Command(lambda: offline().TrainOfflineConfig,
+                                   lambda cfg: offline().run_finetune_online(cfg),
+                                   "continue a train-offline run (init=...) online, mixing its data in"),
         "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
                         "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }

@@ -191,6 +191,9 @@ class EvalCommandConfig(EvalConfig):
         out_dir: Where the results go (default: ``<checkpoint>/eval``).
         sampler: Diffusion only: ``ddim`` or ``ddpm`` instead of the trained default.
         num_inference_steps: Diffusion only: denoising steps instead of the trained default.
+        steer: A critic directory (``roboloop train-offline``): value-guided steering (V-GPS) of the checkpoint's
+            policy, which samples ``n_samples`` chunks per query and executes the one the critic ranks highest.
+        n_samples: Candidate chunks per query when steering.
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
@@ -199,6 +202,8 @@ class EvalCommandConfig(EvalConfig):
     out_dir: str | None = None
     sampler: str | None = None
     num_inference_steps: int | None = None
+    steer: str | None = None
+    n_samples: int = 8
     device: str = "auto"
 
 
@@ -214,6 +219,11 @@ def run_eval(cfg: EvalCommandConfig) -> int:
             raise ConfigError(f"sampler/num_inference_steps apply to diffusion policies, not {policy.name!r}")
         policy.set_sampler(cfg.sampler or policy.config.sampler,
                            cfg.num_inference_steps or policy.config.num_inference_steps)
+    if cfg.steer is not None:
+        from roboloop.offline_rl.policy import SteeredPolicy, load_critic
+
+        critic, critic_config = load_critic(cfg.steer)
+        policy = SteeredPolicy(policy, critic, critic_config["obs_keys"], cfg.n_samples)
     eval_fields = {k: getattr(cfg, k) for k in EvalConfig.__dataclass_fields__}
     eval_cfg = EvalConfig(**{**eval_fields, "env_kwargs": {**meta.get("env_kwargs", {}), **cfg.env_kwargs}})
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path / "eval"

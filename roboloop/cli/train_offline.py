@@ -1,0 +1,206 @@
+"""``roboloop train-offline`` and ``roboloop finetune-online``: IQL, Cal-QL or RLPD-style SAC on an episode file.
+
+``train-offline algo=iql|calql|rlpd dataset=<episode file>`` trains on the dataset alone (``train.offline_steps``);
+``finetune-online init=<a train-offline run> train.online_env_steps=N`` continues that agent in the task's env
+with mixed offline/online batches. Outputs in ``out_dir``: ``policy/`` (an ``rl_actor`` checkpoint that ``roboloop
+eval`` runs), ``critic/`` (for ``roboloop eval ... steer=<out_dir>/critic``), ``checkpoints/last`` (resume),
+``train_log.jsonl``, ``tb/`` and ``history.json`` (the evaluations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from omegaconf import MISSING
+
+from roboloop.cli.train_bc import evaluation_fn
+from roboloop.core.checkpoint import read_train_state, train_state_exists
+from roboloop.core.errors import ConfigError, DatasetError, InputError
+from roboloop.core.spec import PolicySpec
+from roboloop.datasets.store import EpisodeStore
+from roboloop.envs import task_info
+from roboloop.envs.evaluation import EvalConfig
+from roboloop.offline_rl.calql import CalQL, CalQLConfig
+from roboloop.offline_rl.iql import IQL, IQLConfig
+from roboloop.offline_rl.policy import RLActorConfig, RLActorPolicy, save_critic
+from roboloop.offline_rl.replay import replay_from_store
+from roboloop.offline_rl.sac import SAC, SACConfig
+from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
+from roboloop.utils.io import write_json
+
+logger = logging.getLogger(__name__)
+ALGOS = ("iql", "calql", "rlpd")
+
+
+@dataclass
+class TrainOfflineConfig:
+    """``roboloop train-offline algo=calql dataset=data/tiers/PegInsert/mixed.hdf5``.
+
+    Attributes:
+        algo: ``iql``, ``calql`` (Cal-QL; ``calql.calibrated=false`` is CQL) or ``rlpd`` (SAC with RLPD's choices).
+        dataset: Episode file with rewards (e.g. from ``roboloop make-tiers``).
+        init: A previous run's directory whose agent this run starts from (``finetune-online``).
+        task: Task for evaluation and online steps (default: the dataset's).
+        env_kwargs: Env constructor arguments on top of the dataset's.
+        train: Steps, batch, online phase, mixing, logging, checkpoints, seed, resume.
+        iql, calql, sac: Each algorithm's hyperparameters (only ``algo``'s are used).
+        actor_hidden_dims: Widths of the actor.
+        reward_scale, reward_bias: ``r <- scale * r + bias`` for offline and online data alike (Cal-QL's AntMaze
+            setting is scale 10, bias -5 for example; identity by default).
+        n_envs: Parallel envs of the online phase.
+        eval: Evaluation episodes during and after training.
+        out_dir: Output directory (``{task}`` and ``{algo}`` are filled in).
+        device: ``cpu`` or ``cuda``.
+    """
+
+    algo: str = "iql"
+    dataset: str = MISSING
+    init: str | None = None
+    task: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: OffPolicyConfig = field(default_factory=OffPolicyConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    calql: CalQLConfig = field(default_factory=CalQLConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    actor_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    reward_scale: float = 1.0
+    reward_bias: float = 0.0
+    n_envs: int = 1
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=20))
+    out_dir: str = "outputs/train_offline/{task}_{algo}"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.n_envs < 1:
+            raise ConfigError(f"n_envs must be >= 1, got {self.n_envs}")
+
+
+def _dataset_task(path: Path) -> tuple[str, dict[str, Any]]:
+    with EpisodeStore(path) as store:
+        env_args = store.env_args
+    roboloop_args = env_args.get("roboloop", {})
+    task = roboloop_args.get("task") or env_args.get("env_name")
+    if task is None:
+        raise DatasetError(f"{str(path)!r} does not record its task (env_args); pass task=...")
+    return task, dict(env_args.get("env_kwargs", {}))
+
+
+def _flat_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    return gym.wrappers.FlattenObservation(gym.make(env_id, **env_kwargs))
+
+
+def build_agent(cfg: TrainOfflineConfig, spec: PolicySpec) -> tuple[RLActorPolicy, IQL | CalQL | SAC]:
+    """The actor policy (what gets saved and evaluated) and the algorithm that trains its actor."""
+    actor_type = "gaussian" if cfg.algo == "iql" else "tanh_gaussian"
+    policy = RLActorPolicy(RLActorConfig(obs_keys=list(spec.obs_shapes), actor=actor_type,
+                                         hidden_dims=list(cfg.actor_hidden_dims)), spec)
+    obs_dim, action_dim = policy.obs_dim, spec.action_dim
+    if cfg.algo == "iql":
+        return policy, IQL(policy.actor, obs_dim, action_dim, cfg.iql, cfg.device)
+    if cfg.algo == "calql":
+        return policy, CalQL(policy.actor, obs_dim, action_dim, cfg.calql, cfg.device)
+    return policy, SAC(policy.actor, obs_dim, action_dim, cfg.sac, cfg.device)
+
+
+def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
+    dataset = Path(cfg.dataset)
+    data_task, data_kwargs = _dataset_task(dataset)
+    task = task_info(cfg.task or data_task).name
+    env_kwargs = {**data_kwargs, **cfg.env_kwargs}
+    gamma = {"iql": cfg.iql.gamma, "calql": cfg.calql.gamma, "rlpd": cfg.sac.gamma}[cfg.algo]
+    offline = replay_from_store(dataset, gamma=gamma)
+    if cfg.reward_scale != 1.0 or cfg.reward_bias != 0.0:
+        # Returns-to-go follow: scale * G + bias * (sum of the remaining discounts), for Cal-QL's calibration.
+        offline.mc_returns.mul_(cfg.reward_scale).add_(cfg.reward_bias * _discount_sum(offline, gamma))
+        offline.rewards.mul_(cfg.reward_scale).add_(cfg.reward_bias)
+    if offline.obs_keys is None:
+        raise DatasetError(f"{str(dataset)!r}: no observation keys")
+    probe = gym.make(task_info(task).env_id, **env_kwargs)
+    spec = PolicySpec.from_env(probe, obs_keys=offline.obs_keys, n_obs_steps=1, horizon=1, n_action_steps=1)
+    probe.close()
+    spec_dims = (sum(int(torch.tensor(s).prod()) for s in spec.obs_shapes.values()), spec.action_dim)
+    if spec_dims != (offline.obs_dim, offline.action_dim):
+        raise InputError(f"{str(dataset)!r} has (observation, action) dims {(offline.obs_dim, offline.action_dim)}; "
+                         f"{task}'s spaces give {spec_dims}")
+
+    torch.manual_seed(cfg.train.seed)
+    policy, agent = build_agent(cfg, spec)
+    if cfg.init is not None:
+        init_state = Path(cfg.init) / "checkpoints" / "last"
+        if not train_state_exists(init_state):
+            raise ConfigError(f"init={cfg.init!r} has no checkpoints/last to start from")
+        agent.load_state_dict(read_train_state(init_state)["agent"])
+    out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{algo}", cfg.algo))
+    envs = None
+    if cfg.train.online_env_steps:
+        env_id = task_info(task).env_id
+        envs = SyncVectorEnv([lambda: _flat_env(env_id, env_kwargs) for _ in range(cfg.n_envs)],
+                             autoreset_mode=AutoresetMode.SAME_STEP)
+    evaluate_policy = evaluation_fn(task, cfg.eval, env_kwargs)
+    trainer = OffPolicyTrainer(agent, offline, cfg.train, out_dir, envs=envs,
+                               evaluate_fn=lambda _actor, updates: evaluate_policy(policy, updates),
+                               meta={"task": task, "algo": cfg.algo, "dataset": str(dataset)})
+    try:
+        result = trainer.learn()
+    finally:
+        if envs is not None:
+            envs.close()
+    policy.save(out_dir / "policy", meta={"task": task, "env_kwargs": env_kwargs, "algo": cfg.algo,
+                                          "updates": result.updates})
+    layer_norm = cfg.algo == "rlpd" and cfg.sac.layer_norm
+    hidden = {"iql": cfg.iql.hidden_dims, "calql": cfg.calql.hidden_dims, "rlpd": cfg.sac.hidden_dims}[cfg.algo]
+    save_critic(out_dir / "critic", agent.critic, obs_keys=list(spec.obs_shapes), hidden_dims=hidden,
+                layer_norm=layer_norm, meta={"task": task, "algo": cfg.algo})
+    write_json(out_dir / "history.json", result.history)
+    return {"task": task, "out_dir": out_dir, "result": result}
+
+
+def _discount_sum(buffer: Any, gamma: float) -> torch.Tensor:
+    """Per transition, the sum of gamma^k over the remaining steps of its episode (how a reward bias adds up)."""
+    ends = (buffer.terminated | buffer.truncated)[: len(buffer)]
+    out = torch.zeros(len(buffer))
+    running = 0.0
+    for i in range(len(buffer) - 1, -1, -1):
+        if ends[i]:
+            running = 0.0
+        running = 1.0 + gamma * running
+        out[i] = running
+    padded = torch.zeros_like(buffer.mc_returns)
+    padded[: len(buffer)] = out
+    return padded
+
+
+def run_train_offline(cfg: TrainOfflineConfig) -> int:
+    run = train_offline(cfg)
+    result = run["result"]
+    final = result.history[-1] if result.history else {}
+    print(f"{cfg.algo} on {run['task']}: {result.updates} updates, {result.online_env_steps} online env steps in "
+          f"{result.seconds:.0f} s")
+    if "success_rate" in final:
+        print(f"success: {100 * final['success_rate']:.1f}% over {cfg.eval.n_episodes} episodes")
+    print(f"policy: {run['out_dir'] / 'policy'}, critic: {run['out_dir'] / 'critic'}, "
+          f"history: {run['out_dir'] / 'history.json'}")
+    return 0
+
+
+def run_finetune_online(cfg: TrainOfflineConfig) -> int:
+    if cfg.init is None:
+        raise ConfigError("finetune-online starts from a train-offline run: pass init=<its out_dir>")
+    if cfg.train.online_env_steps < 1:
+        raise ConfigError("finetune-online needs train.online_env_steps >= 1")
+    init_meta = json.loads((Path(cfg.init) / "checkpoints" / "last" / "meta.json").read_text())
+    if init_meta.get("algo") not in (None, cfg.algo):
+        raise ConfigError(f"init={cfg.init!r} was trained with algo={init_meta['algo']}, not {cfg.algo}")
+    return run_train_offline(replace(cfg, train=replace(cfg.train, offline_steps=0)))
+
+
+__all__ = ["TrainOfflineConfig", "run_finetune_online", "run_train_offline", "train_offline"]
