@@ -48,6 +48,6 @@ def test_finetune_online_continues_and_eval_steers(mixed_tier: Path, tmp_path: P
     bc = tmp_path / "bc"
     assert main(["train-bc", f"dataset={lift_demos}", f"out_dir={bc}", "policy.obs_keys=[observation.state]",
                  "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.n_groups=4", "train.steps=2",
-                 "train.eval_every=0", "evaluate=false", "train.progress=false"]) == 0
+                 "train.eval_every=0", "train.batch_size=16", "evaluate=false", "train.progress=false"]) == 0
     assert main(["eval", str(bc / "checkpoints" / "last"), f"steer={offline / 'critic'}", "n_samples=3",
                  "n_episodes=2", "progress=false", f"out_dir={tmp_path / 'steered'}"]) == 0
