@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS ?= dev,bench-envs,robomimic
+EXTRAS ?= dev,bench-envs,robomimic,minari
 export MUJOCO_GL ?= egl
 
 .PHONY: install quickstart test test-slow bench bench-quick lint clean
