@@ -17,10 +17,11 @@ stable-baselines3's see nothing but a vector of floats in and out.
   (the head's next decision for it is at the next chunk boundary).
 
 ``step_async`` / ``step_wait`` split a step as gymnasium's ``AsyncVectorEnv`` does: in ``step`` mode the inner
-env's physics runs on a worker thread (MuJoCo releases the GIL while it integrates; ~87% of a PegInsert step) while
-the caller computes something else, e.g. the actions of another group of envs (``PPO`` with several env groups);
-the base's planning for the stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode runs
-the whole chunk in ``step_wait``.
+env's physics runs on a worker thread (MuJoCo releases the GIL while it integrates; ~87% of a PegInsert step),
+or in the inner env's own worker processes when it is an ``AsyncVectorEnv``, while the caller computes something
+else, e.g. the actions of another group of envs (``PPO`` with several env groups); the base's planning for the
+stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode runs the whole chunk in
+``step_wait``.
 
 ``shaping > 0`` adds potential-based shaping (Ng et al., 1999) to the task's reward: ``F = gamma * Phi(s') -
 Phi(s)`` with ``Phi = shaping * sum of the env's shaped terms`` (``info["reward_*"]``: reach, align, insert on
@@ -40,12 +41,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, VectorEnv
 
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.core.spec import PolicySpec
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.residual_rl.policy import ResidualPolicy
+
+_IN_WORKERS = "in worker processes"  # step_async of an AsyncVectorEnv inner env: the result comes from its step_wait
 
 
 def env_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
@@ -104,7 +107,7 @@ class ResidualVecEnv(VectorEnv):
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
         self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
-        self._pending: Future[tuple[Any, ...]] | np.ndarray | None = None  # step mode: physics; chunk: deltas
+        self._pending: Future[tuple[Any, ...]] | np.ndarray | str | None = None  # physics in flight; chunk: deltas
         if shaping < 0 or not 0 < gamma <= 1:
             raise ConfigError(f"shaping must be >= 0 and gamma in (0, 1], got {shaping}, {gamma}")
         self.shaping, self.gamma = float(shaping), float(gamma)
@@ -136,6 +139,10 @@ class ResidualVecEnv(VectorEnv):
             raise InputError("step_async called again before step_wait")
         if self.mode == "step":
             env_actions = self._env_actions(actions)
+            if isinstance(self.envs, AsyncVectorEnv):  # worker processes: no GIL shared with the caller
+                self.envs.step_async(env_actions)
+                self._pending = _IN_WORKERS
+                return
             if self._physics is None:
                 self._physics = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-physics")
             self._pending = self._physics.submit(self.envs.step, env_actions)
@@ -148,6 +155,8 @@ class ResidualVecEnv(VectorEnv):
             raise InputError("step_wait called without a step_async")
         if isinstance(pending, np.ndarray):
             return self._step_chunk(pending)
+        if pending is _IN_WORKERS:
+            return self._finish_step(self.envs.step_wait())
         return self._finish_step(pending.result())
 
     def close_extras(self, **kwargs: Any) -> None:

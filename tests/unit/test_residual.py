@@ -231,12 +231,14 @@ def test_state_clip_bounds_what_the_head_and_the_base_see(lift_demos: Path) -> N
         MLPConfig(state_clip=0.0)
 
 
-@pytest.mark.parametrize("mode", ["step", "chunk"])
-def test_step_async_then_step_wait_is_step(lift_demos: Path, mode: str) -> None:
-    """The split step (physics on the wrapper's worker thread) runs exactly what ``step`` runs."""
+@pytest.mark.parametrize(("mode", "vectorization"), [("step", "sync"), ("step", "async"), ("chunk", "sync")])
+def test_step_async_then_step_wait_is_step(lift_demos: Path, mode: str, vectorization: str) -> None:
+    """The split step (physics on the wrapper's worker thread, or in the worker processes of an async inner env)
+    runs exactly what ``step`` runs."""
     policy = ResidualPolicy.from_base(make_base(lift_demos), ResidualConfig(mode=mode))
     randomize_head(policy)
-    envs = [ResidualVecEnv(make_vector_env("Lift", {}, 2, "sync"), policy) for _ in range(2)]
+    envs = [ResidualVecEnv(make_vector_env("Lift", {}, 2, "sync"), policy),
+            ResidualVecEnv(make_vector_env("Lift", {}, 2, vectorization), policy)]
     obs = [venv.reset(seed=[3, 4])[0] for venv in envs]
     np.testing.assert_array_equal(obs[0], obs[1])
     for _ in range(30):  # past Lift's successes/resets for some seeds: finished episodes restart alike
