@@ -1,12 +1,20 @@
-"""What every off-policy agent does alike: one optimizer step, and its state for checkpoints and resume."""
+"""The parts every off-policy agent has: ``Trainables`` (its networks, optimizers and loose tensors: one optimizer
+step by name, and the state a checkpoint keeps) and ``SoftActor`` (SAC's actor half, which SAC/RLPD and Cal-QL
+share: a squashed-Gaussian actor, its automatically tuned entropy temperature and their optimizers)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from roboloop.core.errors import ConfigError
+from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
+from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -15,21 +23,56 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     optimizer.step()
 
 
-def agent_state(networks: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
-                tensors: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
-    """Networks (incl. targets), optimizers and loose tensors (e.g. ``log_alpha``), all cloned."""
-    return {"networks": {k: m.state_dict() for k, m in networks.items()},
-            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "tensors": {k: t.detach().clone() for k, t in (tensors or {}).items()}}
+@dataclass
+class Trainables:
+    """Networks (targets included), optimizers by name, and tensors trained outside a module (``log_alpha``)."""
+
+    networks: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    def step(self, name: str, loss: Tensor) -> None:
+        optimizer_step(self.optimizers[name], loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs besides the replay data, cloned."""
+        return {"networks": {k: m.state_dict() for k, m in self.networks.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "tensors": {k: t.detach().clone() for k, t in self.tensors.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.networks.items():
+            module.load_state_dict(state["networks"][name])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        with torch.no_grad():
+            for name, tensor in self.tensors.items():
+                tensor.copy_(state["tensors"][name])
 
 
-def load_agent_state(state: Mapping[str, Any], networks: Mapping[str, nn.Module],
-                     optimizers: Mapping[str, torch.optim.Optimizer], tensors: Mapping[str, Tensor] | None = None
-                     ) -> None:
-    for name, module in networks.items():
-        module.load_state_dict(state["networks"][name])
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    with torch.no_grad():
-        for name, tensor in (tensors or {}).items():
-            tensor.copy_(state["tensors"][name])
+class SoftActor:
+    """SAC's actor objective ``alpha * log pi - Q`` with a reparameterized ``TanhGaussianMLP`` and the temperature
+    ``alpha`` tuned toward ``target_entropy``. ``owner`` names the algorithm in errors."""
+
+    def __init__(self, actor: TanhGaussianMLP, *, actor_lr: float, alpha_lr: float, init_alpha: float,
+                 target_entropy: float, device: torch.device, owner: str) -> None:
+        if not isinstance(actor, TanhGaussianMLP):
+            raise ConfigError(f"{owner}'s actor is a TanhGaussianMLP (it needs reparameterized, bounded samples), "
+                              f"got {type(actor).__name__}")
+        self.actor = actor.to(device)
+        self.log_alpha = torch.tensor(math.log(init_alpha), device=device, requires_grad=True)
+        self.target_entropy = float(target_entropy)
+        self.optimizers = {"actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=actor_lr),
+                           "alpha": torch.optim.Adam([self.log_alpha], lr=alpha_lr)}
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    def update(self, obs: Tensor, q: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
+        """One actor step against ``q(obs, actions) -> (B,)``, then one temperature step."""
+        actions, log_probs = self.actor.rsample(obs)
+        actor_loss = sac_actor_loss(q(obs, actions), log_probs, self.alpha.detach())
+        optimizer_step(self.optimizers["actor"], actor_loss)
+        optimizer_step(self.optimizers["alpha"], temperature_loss(self.log_alpha, log_probs, self.target_entropy))
+        return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item()}

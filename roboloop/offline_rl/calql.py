@@ -13,7 +13,6 @@ carry no return (NaN) and are not calibrated.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +20,12 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import agent_state, load_agent_state, optimizer_step
+from roboloop.offline_rl.agent_state import SoftActor, Trainables
 from roboloop.offline_rl.losses import (
     calibrate,
     conservative_penalty,
-    sac_actor_loss,
+    ensemble_td_loss,
     td_target,
-    temperature_loss,
 )
 from roboloop.offline_rl.networks import QEnsemble, soft_update
 from roboloop.offline_rl.replay import Transitions
@@ -81,25 +79,22 @@ class CalQL:
 
     def __init__(self, actor: TanhGaussianMLP, obs_dim: int, action_dim: int, cfg: CalQLConfig,
                  device: str | torch.device = "cpu") -> None:
-        if not isinstance(actor, TanhGaussianMLP):
-            raise ConfigError(f"CalQL's actor is a TanhGaussianMLP (it needs reparameterized, bounded samples), "
-                              f"got {type(actor).__name__}")
         self.cfg, self.device = cfg, torch.device(device)
-        self.actor = actor.to(self.device)
+        self.soft = SoftActor(actor, actor_lr=cfg.actor_lr, alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha,
+                              target_entropy=-float(action_dim) if cfg.target_entropy is None else cfg.target_entropy,
+                              device=self.device, owner="CalQL")
+        self.actor = self.soft.actor
         self.action_dim = action_dim
         self.critic = QEnsemble(obs_dim, action_dim, cfg.hidden_dims, 2).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
-        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.optimizers = {
-            "actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-        }
+        self.trainables = Trainables(
+            networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
+            optimizers={"critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr), **self.soft.optimizers},
+            tensors={"log_alpha": self.soft.log_alpha})
 
     @property
     def alpha(self) -> Tensor:
-        return self.log_alpha.exp()
+        return self.soft.alpha
 
     def conservative_term(self, batch: Transitions, q_data: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The (calibrated) conservative penalty, summed over the two critics, and diagnostics."""
@@ -120,8 +115,7 @@ class CalQL:
             known = ~torch.isnan(reference)
             stats["calibrated_fraction"] = (
                 (q_pi < reference[None, :, None]) & known[None, :, None]).float().mean().item() if known.any() else 0.0
-            q_pi = torch.stack([calibrate(q, reference) for q in q_pi])
-            next_actions_q = torch.stack([calibrate(q, reference) for q in next_actions_q])
+            q_pi, next_actions_q = calibrate(q_pi, reference), calibrate(next_actions_q, reference)
         q_sampled = torch.cat([q_uniform, q_pi, next_actions_q], dim=2)  # (E, B, 3n)
         log_densities = torch.cat([log_uniform, log_pi, log_pi_next], dim=1)  # (B, 3n)
         penalty = torch.stack([conservative_penalty(q_data[e], q_sampled[e], log_densities, cfg.cql_temperature)
@@ -142,40 +136,29 @@ class CalQL:
         cfg = self.cfg
         obs, actions = batch.obs.to(self.device), batch.actions.to(self.device)
         rewards, terminated = batch.rewards.to(self.device), batch.terminated.to(self.device)
+        next_obs = batch.next_obs.to(self.device)
 
         # --- critics: TD (min of the two targets at a' ~ pi(s')) plus the conservative term
         with torch.no_grad():
-            next_actions, _ = self.actor.rsample(batch.next_obs.to(self.device))
-            next_q = self.critic_target(batch.next_obs.to(self.device), next_actions).min(dim=0).values
+            next_actions, _ = self.actor.rsample(next_obs)
+            next_q = self.critic_target(next_obs, next_actions).min(dim=0).values
             target = td_target(rewards, terminated, next_q, cfg.gamma)
         q_data = self.critic(obs, actions)  # (E, B)
-        td_loss = (q_data - target).pow(2).mean(dim=1).sum()
+        td_loss = ensemble_td_loss(q_data, target)
         penalty, stats = self.conservative_term(batch, q_data)
         critic_loss = td_loss + cfg.cql_alpha * penalty
-        self._step("critic", critic_loss)
+        self.trainables.step("critic", critic_loss)
 
-        # --- actor (SAC) and temperature
-        new_actions, log_probs = self.actor.rsample(obs)
-        q_new = self.critic(obs, new_actions).min(dim=0).values
-        actor_loss = sac_actor_loss(q_new, log_probs, self.alpha.detach())
-        self._step("actor", actor_loss)
-        alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
-        self._step("alpha", alpha_loss)
+        # --- actor (SAC, against the pessimistic min of the two critics) and temperature
+        actor_stats = self.soft.update(obs, lambda o, a: self.critic(o, a).min(dim=0).values)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
-        return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "actor_loss": actor_loss.item(),
-                "alpha": self.alpha.item(), "q_data": q_data.mean().item(), "entropy": -log_probs.mean().item(),
-                **stats}
-
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        optimizer_step(self.optimizers[name], loss)
-
-    def _networks(self) -> dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+        return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "alpha": self.alpha.item(),
+                "q_data": q_data.mean().item(), **actor_stats, **stats}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs besides the replay data: networks, targets, optimizers."""
-        return agent_state(self._networks(), self.optimizers, {"log_alpha": self.log_alpha})
+        """Everything a resumed run needs besides the replay data: networks, targets, optimizers, temperature."""
+        return self.trainables.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_agent_state(state, self._networks(), self.optimizers, {"log_alpha": self.log_alpha})
+        self.trainables.load_state_dict(state)

@@ -19,8 +19,8 @@ from torch import nn
 
 from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
-from roboloop.offline_rl.agent_state import agent_state, load_agent_state, optimizer_step
-from roboloop.offline_rl.losses import advantage_weights, expectile_loss, td_target
+from roboloop.offline_rl.agent_state import Trainables
+from roboloop.offline_rl.losses import advantage_weights, ensemble_td_loss, expectile_loss, td_target
 from roboloop.offline_rl.networks import QEnsemble, StateValue, soft_update
 from roboloop.offline_rl.replay import Transitions
 
@@ -77,11 +77,12 @@ class IQL:
         self.critic = QEnsemble(obs_dim, action_dim, cfg.hidden_dims, cfg.n_critics).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = StateValue(obs_dim, cfg.hidden_dims).to(self.device)
-        self.optimizers = {
-            "actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr),
-        }
+        self.trainables = Trainables(
+            networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                      "value": self.value},
+            optimizers={"actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
+                        "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+                        "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)})
 
     def update(self, batch: Transitions) -> dict[str, float]:
         """One step on a batch of B transitions; returns the losses and diagnostics as floats."""
@@ -94,37 +95,30 @@ class IQL:
             q_data = self.critic_target(obs, actions).min(dim=0).values  # (B,)
         value = self.value(obs)
         value_loss = expectile_loss(q_data - value, cfg.expectile)
-        self._step("value", value_loss)
+        self.trainables.step("value", value_loss)
 
         # --- Q: regress onto r + gamma * V(s'); terminated steps have no future, truncated ones bootstrap
         with torch.no_grad():
             target = td_target(rewards, terminated, self.value(batch.next_obs.to(self.device)), cfg.gamma)
         q = self.critic(obs, actions)  # (E, B)
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()
-        self._step("critic", critic_loss)
+        critic_loss = ensemble_td_loss(q, target)
+        self.trainables.step("critic", critic_loss)
 
         # --- actor: advantage-weighted regression onto the data's actions
         advantage = q_data - value.detach()
         weights = advantage_weights(advantage, cfg.temperature, cfg.max_weight)
         log_prob, _ = self.actor.evaluate(obs, actions)
         actor_loss = -(weights * log_prob).mean()
-        self._step("actor", actor_loss)
+        self.trainables.step("actor", actor_loss)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
         return {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
                 "q_mean": q.mean().item(), "value_mean": value.mean().item(),
                 "advantage_mean": advantage.mean().item(), "weight_mean": weights.mean().item()}
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        optimizer_step(self.optimizers[name], loss)
-
-    def _networks(self) -> dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                "value": self.value}
-
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs besides the replay data: networks, targets, optimizers."""
-        return agent_state(self._networks(), self.optimizers)
+        """Everything a resumed run needs besides the replay data: networks, target, optimizers."""
+        return self.trainables.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_agent_state(state, self._networks(), self.optimizers)
+        self.trainables.load_state_dict(state)

@@ -32,6 +32,12 @@ def td_target(rewards: Tensor, terminated: Tensor, next_values: Tensor, gamma: f
     return rewards + gamma * (1.0 - terminated.float()) * next_values
 
 
+def ensemble_td_loss(q: Tensor, target: Tensor) -> Tensor:
+    """Squared TD error of every critic of an ensemble, ``q`` (E, B) against one ``target`` (B,): the mean over the
+    batch, summed over the critics (each critic regresses on its own)."""
+    return (q - target).pow(2).mean(dim=1).sum()
+
+
 def advantage_weights(advantages: Tensor, temperature: float, max_weight: float = 100.0) -> Tensor:
     """IQL's advantage-weighted regression weights ``min(exp(temperature * A), max_weight)`` (B,), no gradient.
     The clip keeps one lucky sample from dominating a batch (IQL's implementation uses 100)."""
@@ -41,14 +47,16 @@ def advantage_weights(advantages: Tensor, temperature: float, max_weight: float 
 
 
 def calibrate(q_policy: Tensor, reference: Tensor) -> Tensor:
-    """Cal-QL's calibration (Nakamoto et al., 2023, eq. 5): the Q-values of the *policy's* actions (B, n) ...,
-    lower-bounded by a reference value of the state (B,), the behavior's Monte-Carlo return-to-go. The
+    """Cal-QL's calibration (Nakamoto et al., 2023, eq. 5): the Q-values of the *policy's* actions (..., B, n),
+    e.g. (E, B, n) for an ensemble, lower-bounded by a reference value of the state (B,), the behavior's
+    Monte-Carlo return-to-go. The
     conservative term then pushes those values down only as far as the reference, so the critic never
     under-estimates the data's own returns and online finetuning does not start with an unlearning dip.
     NaN references (transitions with no known return, i.e. online data) leave their row unchanged."""
-    if reference.shape != q_policy.shape[:1]:
-        raise InputError(f"reference has shape {tuple(reference.shape)}, expected ({q_policy.shape[0]},)")
-    bound = reference.reshape(-1, *([1] * (q_policy.ndim - 1))).expand_as(q_policy)
+    if q_policy.ndim < 2 or reference.shape != q_policy.shape[-2:-1]:
+        raise InputError(f"reference has shape {tuple(reference.shape)}, expected ({q_policy.shape[-2]},) for "
+                         f"Q-values of shape {tuple(q_policy.shape)}")
+    bound = reference[:, None].expand_as(q_policy)
     return torch.where(torch.isnan(bound), q_policy, torch.maximum(q_policy, bound))
 
 

@@ -12,7 +12,6 @@ entropy term, as in SAC.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +19,8 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import agent_state, load_agent_state, optimizer_step
-from roboloop.offline_rl.losses import sac_actor_loss, td_target, temperature_loss
+from roboloop.offline_rl.agent_state import SoftActor, Trainables
+from roboloop.offline_rl.losses import ensemble_td_loss, td_target
 from roboloop.offline_rl.networks import QEnsemble, soft_update
 from roboloop.offline_rl.replay import Transitions
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
@@ -78,24 +77,22 @@ class SAC:
 
     def __init__(self, actor: TanhGaussianMLP, obs_dim: int, action_dim: int, cfg: SACConfig,
                  device: str | torch.device = "cpu") -> None:
-        if not isinstance(actor, TanhGaussianMLP):
-            raise ConfigError(f"SAC's actor is a TanhGaussianMLP, got {type(actor).__name__}")
         self.cfg, self.device = cfg, torch.device(device)
-        self.actor = actor.to(self.device)
+        self.soft = SoftActor(actor, actor_lr=cfg.actor_lr, alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha,
+                              target_entropy=-action_dim / 2 if cfg.target_entropy is None else cfg.target_entropy,
+                              device=self.device, owner="SAC")
+        self.actor = self.soft.actor
         self.critic = QEnsemble(obs_dim, action_dim, cfg.hidden_dims, cfg.n_critics,
                                 layer_norm=cfg.layer_norm).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), device=self.device, requires_grad=True)
-        self.target_entropy = -action_dim / 2 if cfg.target_entropy is None else cfg.target_entropy
-        self.optimizers = {
-            "actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-        }
+        self.trainables = Trainables(
+            networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
+            optimizers={"critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr), **self.soft.optimizers},
+            tensors={"log_alpha": self.soft.log_alpha})
 
     @property
     def alpha(self) -> Tensor:
-        return self.log_alpha.exp()
+        return self.soft.alpha
 
     def update(self, batch: Transitions, *, update_actor: bool = True,
                generator: torch.Generator | None = None) -> dict[str, float]:
@@ -114,31 +111,19 @@ class SAC:
                 next_q = next_q - self.alpha * next_log_probs
             target = td_target(batch.rewards.to(self.device), batch.terminated.to(self.device), next_q, cfg.gamma)
         q = self.critic(obs, actions)  # (E, B)
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()
-        self._step("critic", critic_loss)
+        critic_loss = ensemble_td_loss(q, target)
+        self.trainables.step("critic", critic_loss)
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
         metrics = {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "alpha": self.alpha.item()}
         if not update_actor:
             return metrics
 
         # --- actor against the ensemble's mean Q (RLPD), temperature toward the entropy target
-        new_actions, log_probs = self.actor.rsample(obs)
-        q_new = self.critic(obs, new_actions).mean(dim=0)
-        actor_loss = sac_actor_loss(q_new, log_probs, self.alpha.detach())
-        self._step("actor", actor_loss)
-        alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
-        self._step("alpha", alpha_loss)
-        return {**metrics, "actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item()}
-
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        optimizer_step(self.optimizers[name], loss)
-
-    def _networks(self) -> dict[str, torch.nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+        return {**metrics, **self.soft.update(obs, lambda o, a: self.critic(o, a).mean(dim=0))}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs besides the replay data: networks, targets, optimizers."""
-        return agent_state(self._networks(), self.optimizers, {"log_alpha": self.log_alpha})
+        """Everything a resumed run needs besides the replay data: networks, targets, optimizers, temperature."""
+        return self.trainables.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_agent_state(state, self._networks(), self.optimizers, {"log_alpha": self.log_alpha})
+        self.trainables.load_state_dict(state)
