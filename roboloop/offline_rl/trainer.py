@@ -34,7 +34,8 @@ from tqdm import tqdm
 from roboloop.core.checkpoint import read_train_state, save_train_state, train_state_exists
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.offline_rl.replay import MixedSampler, ReplayBuffer, Transitions
-from roboloop.training.trainer import seed_everything
+from roboloop.residual_rl.ppo import EpisodeTracker, final_observations
+from roboloop.training.trainer import rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 
@@ -157,25 +158,21 @@ class OffPolicyTrainer:
             # --- online phase: act, store, update on mixed batches
             if cfg.online_env_steps and self.envs is not None:
                 obs, _ = self.envs.reset(seed=[cfg.seed * 1000 + self.online_env_steps + i for i in range(n_envs)])
-                returns, episodes = np.zeros(n_envs), []
+                episodes = EpisodeTracker(n_envs)
                 while self.online_env_steps < cfg.online_env_steps:
                     with torch.no_grad():
                         out = self.agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32))
                     space = self.envs.single_action_space
                     action = np.clip(out.env_action.cpu().numpy(), space.low, space.high).astype(space.dtype)
                     next_obs, reward, terminated, truncated, infos = self.envs.step(action)
-                    done = np.logical_or(terminated, truncated)
-                    stored_next = np.array(next_obs, copy=True)
-                    for i in np.flatnonzero(done):  # SAME_STEP: the returned obs already starts the next episode
-                        stored_next[i] = infos["final_obs"][i]
-                    self.online.add(obs, action, np.asarray(reward, dtype=np.float64), stored_next, terminated,
-                                    truncated)
-                    returns += reward
-                    for i in np.flatnonzero(done):
-                        episodes.append({"return": float(returns[i]), "success": _success(infos, i)})
-                        returns[i] = 0.0
-                    obs = next_obs
+                    reward = np.asarray(reward, dtype=np.float64)
                     self.online_env_steps += n_envs
+                    done = np.logical_or(terminated, truncated)
+                    # SAME_STEP: a finished episode's returned obs already starts the next one; store its final one.
+                    final = final_observations(next_obs, done, infos, self.online_env_steps)
+                    self.online.add(obs, action, reward, final, terminated, truncated)
+                    episodes.step(reward, done, infos)
+                    obs = next_obs
                     for _ in range(cfg.utd_ratio):
                         window.append(self.agent.update(self.sampler.sample(cfg.batch_size, generator)))
                         self._after_update(window, writer, bar, phase="online", episodes=episodes)
@@ -189,7 +186,7 @@ class OffPolicyTrainer:
                                self.last_dir)
 
     def _after_update(self, window: list[dict[str, float]], writer: Any, bar: tqdm, *, phase: str,
-                      episodes: list[dict[str, Any]] | None = None) -> None:
+                      episodes: EpisodeTracker | None = None) -> None:
         cfg = self.cfg
         self.updates += 1
         bar.update(1)
@@ -199,13 +196,8 @@ class OffPolicyTrainer:
         if self.updates % cfg.log_every == 0:
             record: dict[str, Any] = {"updates": self.updates, "online_env_steps": self.online_env_steps,
                                       "phase": phase, **{k: float(np.mean([w[k] for w in window if k in w]))
-                                                         for k in window[-1]}}
-            if episodes:
-                record["episode_return"] = float(np.mean([e["return"] for e in episodes]))
-                known = [e["success"] for e in episodes if e["success"] is not None]
-                if known:
-                    record["success_rate"] = float(np.mean(known))
-                episodes.clear()
+                                                         for k in window[-1]},
+                                      **(episodes.summary() if episodes is not None else {})}
             window.clear()
             with open(self.out_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -235,8 +227,7 @@ class OffPolicyTrainer:
     def _save(self) -> None:
         state = {"agent": self.agent.state_dict(), "online": self.online.state_dict(), "updates": self.updates,
                  "online_env_steps": self.online_env_steps, "history": json.dumps(self.history),
-                 "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(_numpy_state()),
-                 "generator": self.generator.get_state()}
+                 "rng": rng_state(), "generator": self.generator.get_state()}
         save_train_state(self.last_dir, state, meta={**self.meta, "updates": self.updates,
                                                      "online_env_steps": self.online_env_steps})
 
@@ -246,29 +237,11 @@ class OffPolicyTrainer:
         self.online.load_state_dict(state["online"])
         self.updates, self.online_env_steps = int(state["updates"]), int(state["online_env_steps"])
         self.history = json.loads(state["history"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
-        np.random.set_state(_numpy_state_from(json.loads(state["numpy_rng"])))
 
     def _tensorboard(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         return SummaryWriter(str(self.out_dir / "tb"))
-
-
-def _success(infos: dict[str, Any], i: int) -> bool | None:
-    final = infos.get("final_info")
-    if not isinstance(final, dict) or "is_success" not in final:
-        return None
-    return bool(final["is_success"][i])
-
-
-def _numpy_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
-
-
-def _numpy_state_from(state: list[Any]) -> tuple[Any, ...]:
-    name, keys, pos, has_gauss, cached = state
-    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached

@@ -256,6 +256,23 @@ def _check_finite(what: str, values: np.ndarray, *, env_steps: int, first_env: i
                          f"envs with non-finite values: {(first_env + np.flatnonzero(bad)).tolist()}")
 
 
+def final_observations(next_obs: np.ndarray, done: np.ndarray, infos: dict[str, Any], env_steps: int) -> np.ndarray:
+    """A SAME_STEP vector env's next_obs (N, D) with the rows of finished episodes replaced by their final
+    observations (what a truncated episode bootstraps from); a missing ``final_obs`` is an error."""
+    if not done.any():
+        return next_obs
+    has_final = infos.get("_final_obs", np.zeros_like(done))
+    missing = np.flatnonzero(done & ~has_final)
+    if missing.size:
+        raise InputError(f"env(s) {missing.tolist()} ended an episode at env step {env_steps} but infos has no "
+                         f"'final_obs' for them: keep SAME_STEP autoreset and the vector env's infos intact")
+    bootstrap = np.array(next_obs, copy=True)
+    for i in np.flatnonzero(done):
+        bootstrap[i] = infos["final_obs"][i]
+    _check_finite("final observation", bootstrap, env_steps=env_steps)
+    return bootstrap
+
+
 class PPO:
     """Train ``actor`` on ``envs`` (flat Box observations and actions, SAME_STEP autoreset).
 
@@ -496,7 +513,7 @@ class PPO:
         next_value = torch.zeros(group.num_envs, device=self.device)
         if done.any():
             ended = np.flatnonzero(done)
-            final_obs = self._final_observations(next_obs, done, infos, env_steps)[ended]
+            final_obs = final_observations(next_obs, done, infos, env_steps)[ended]
             with torch.no_grad():
                 next_value[ended] = self.critic(torch.as_tensor(final_obs, dtype=torch.float32, device=self.device))
         episodes.step(reward, done, infos, rows)
@@ -611,23 +628,6 @@ class PPO:
         if tuple(out.log_prob.shape) != (n,):
             raise InputError(f"actor log_prob has shape {tuple(out.log_prob.shape)}, expected ({n},)")
         return out.actor_obs.shape[1], out.actor_action.shape[1]
-
-    @staticmethod
-    def _final_observations(next_obs: np.ndarray, done: np.ndarray, infos: dict[str, Any],
-                            env_steps: int) -> np.ndarray:
-        """next_obs (N, D) with the rows of finished episodes replaced by their final observations."""
-        if not done.any():
-            return next_obs
-        has_final = infos.get("_final_obs", np.zeros_like(done))
-        missing = np.flatnonzero(done & ~has_final)
-        if missing.size:
-            raise InputError(f"env(s) {missing.tolist()} ended an episode at env step {env_steps} but infos has no "
-                             f"'final_obs' for them: keep SAME_STEP autoreset and the vector env's infos intact")
-        bootstrap = np.array(next_obs, copy=True)
-        for i in np.flatnonzero(done):
-            bootstrap[i] = infos["final_obs"][i]
-        _check_finite("final observation", bootstrap, env_steps=env_steps)
-        return bootstrap
 
     def _evaluate(self, iteration: int) -> dict[str, float]:
         was_training = self.actor.training

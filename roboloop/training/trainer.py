@@ -202,13 +202,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global torch, NumPy and Python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
             "numpy_pos": int(np_state[2]), "python": random.getstate()}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate(state["python"])
@@ -383,7 +384,7 @@ class BCTrainer:
         if optimizer is not None:
             train_state = {"step": step, "model": policy.state_dict(), "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                           "rng": _rng_state(), "best_success": best_success, "history": json.dumps(history)}
+                           "rng": rng_state(), "best_success": best_success, "history": json.dumps(history)}
         weights = ema.averaged.state_dict() if ema is not None else policy.state_dict()
         save_checkpoint(path, policy, state_dict=weights, train_state=train_state,
                         meta={**self.meta, "step": step, "ema": ema is not None, **(extra or {})})
@@ -407,7 +408,7 @@ class BCTrainer:
             if state["ema"] is None:
                 raise CheckpointError(f"cannot resume with EMA: {str(self.last_dir)!r} was trained without it")
             ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step = int(state["step"])
         # Drop log lines written after the checkpoint (the resumed run writes them again).
         log_file = self.out_dir / "train_log.jsonl"
