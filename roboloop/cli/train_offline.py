@@ -9,7 +9,6 @@ eval`` runs), ``critic/`` (for ``roboloop eval ... steer=<out_dir>/critic``), ``
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from omegaconf import MISSING
 
 from roboloop.cli.train_bc import evaluation_fn
-from roboloop.core.checkpoint import read_train_state, train_state_exists
+from roboloop.core.checkpoint import read_meta, read_train_state, train_state_exists
 from roboloop.core.errors import ConfigError, DatasetError, InputError
 from roboloop.core.spec import PolicySpec
 from roboloop.datasets.store import EpisodeStore
@@ -103,12 +102,13 @@ def build_agent(cfg: TrainOfflineConfig, spec: PolicySpec) -> tuple[RLActorPolic
     actor_type = "gaussian" if cfg.algo == "iql" else "tanh_gaussian"
     policy = RLActorPolicy(RLActorConfig(obs_keys=list(spec.obs_shapes), actor=actor_type,
                                          hidden_dims=list(cfg.actor_hidden_dims)), spec)
-    obs_dim, action_dim = policy.obs_dim, spec.action_dim
-    if cfg.algo == "iql":
-        return policy, IQL(policy.actor, obs_dim, action_dim, cfg.iql, cfg.device)
-    if cfg.algo == "calql":
-        return policy, CalQL(policy.actor, obs_dim, action_dim, cfg.calql, cfg.device)
-    return policy, SAC(policy.actor, obs_dim, action_dim, cfg.sac, cfg.device)
+    algorithm = {"iql": IQL, "calql": CalQL, "rlpd": SAC}[cfg.algo]
+    return policy, algorithm(policy.actor, policy.obs_dim, spec.action_dim, _algo_config(cfg), cfg.device)
+
+
+def _algo_config(cfg: TrainOfflineConfig) -> IQLConfig | CalQLConfig | SACConfig:
+    """The sub-config of ``cfg.algo``."""
+    return {"iql": cfg.iql, "calql": cfg.calql, "rlpd": cfg.sac}[cfg.algo]
 
 
 def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
@@ -116,18 +116,14 @@ def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
     data_task, data_kwargs = _dataset_task(dataset)
     task = task_info(cfg.task or data_task).name
     env_kwargs = {**data_kwargs, **cfg.env_kwargs}
-    gamma = {"iql": cfg.iql.gamma, "calql": cfg.calql.gamma, "rlpd": cfg.sac.gamma}[cfg.algo]
-    offline = replay_from_store(dataset, gamma=gamma)
-    if cfg.reward_scale != 1.0 or cfg.reward_bias != 0.0:
-        # Returns-to-go follow: scale * G + bias * (sum of the remaining discounts), for Cal-QL's calibration.
-        offline.mc_returns.mul_(cfg.reward_scale).add_(cfg.reward_bias * _discount_sum(offline, gamma))
-        offline.rewards.mul_(cfg.reward_scale).add_(cfg.reward_bias)
+    offline = replay_from_store(dataset, gamma=_algo_config(cfg).gamma, reward_scale=cfg.reward_scale,
+                                reward_bias=cfg.reward_bias)
     if offline.obs_keys is None:
         raise DatasetError(f"{str(dataset)!r}: no observation keys")
     probe = gym.make(task_info(task).env_id, **env_kwargs)
     spec = PolicySpec.from_env(probe, obs_keys=offline.obs_keys, n_obs_steps=1, horizon=1, n_action_steps=1)
     probe.close()
-    spec_dims = (sum(int(torch.tensor(s).prod()) for s in spec.obs_shapes.values()), spec.action_dim)
+    spec_dims = (spec.flat_dim(), spec.action_dim)
     if spec_dims != (offline.obs_dim, offline.action_dim):
         raise InputError(f"{str(dataset)!r} has (observation, action) dims {(offline.obs_dim, offline.action_dim)}; "
                          f"{task}'s spaces give {spec_dims}")
@@ -156,27 +152,10 @@ def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
             envs.close()
     policy.save(out_dir / "policy", meta={"task": task, "env_kwargs": env_kwargs, "algo": cfg.algo,
                                           "updates": result.updates})
-    layer_norm = cfg.algo == "rlpd" and cfg.sac.layer_norm
-    hidden = {"iql": cfg.iql.hidden_dims, "calql": cfg.calql.hidden_dims, "rlpd": cfg.sac.hidden_dims}[cfg.algo]
-    save_critic(out_dir / "critic", agent.critic, obs_keys=list(spec.obs_shapes), hidden_dims=hidden,
-                layer_norm=layer_norm, meta={"task": task, "algo": cfg.algo})
+    save_critic(out_dir / "critic", agent.critic, obs_keys=list(spec.obs_shapes),
+                meta={"task": task, "algo": cfg.algo})
     write_json(out_dir / "history.json", result.history)
     return {"task": task, "out_dir": out_dir, "result": result}
-
-
-def _discount_sum(buffer: Any, gamma: float) -> torch.Tensor:
-    """Per transition, the sum of gamma^k over the remaining steps of its episode (how a reward bias adds up)."""
-    ends = (buffer.terminated | buffer.truncated)[: len(buffer)]
-    out = torch.zeros(len(buffer))
-    running = 0.0
-    for i in range(len(buffer) - 1, -1, -1):
-        if ends[i]:
-            running = 0.0
-        running = 1.0 + gamma * running
-        out[i] = running
-    padded = torch.zeros_like(buffer.mc_returns)
-    padded[: len(buffer)] = out
-    return padded
 
 
 def run_train_offline(cfg: TrainOfflineConfig) -> int:
@@ -197,7 +176,7 @@ def run_finetune_online(cfg: TrainOfflineConfig) -> int:
         raise ConfigError("finetune-online starts from a train-offline run: pass init=<its out_dir>")
     if cfg.train.online_env_steps < 1:
         raise ConfigError("finetune-online needs train.online_env_steps >= 1")
-    init_meta = json.loads((Path(cfg.init) / "checkpoints" / "last" / "meta.json").read_text())
+    init_meta = read_meta(Path(cfg.init) / "checkpoints" / "last")
     if init_meta.get("algo") not in (None, cfg.algo):
         raise ConfigError(f"init={cfg.init!r} was trained with algo={init_meta['algo']}, not {cfg.algo}")
     return run_train_offline(replace(cfg, train=replace(cfg.train, offline_steps=0)))

@@ -68,6 +68,11 @@ class PolicySpec:
     def lowdim_keys(self) -> list[str]:
         return [k for k, s in self.obs_shapes.items() if len(s) == 1]
 
+    def flat_dim(self, keys: Sequence[str] | None = None) -> int:
+        """Width of low-dimensional keys (all of them by default) flattened and concatenated: what a head over flat
+        vectors (a residual head, an RL actor, a critic) reads per step."""
+        return sum(int(np.prod(self.obs_shapes[k])) for k in (self.lowdim_keys if keys is None else keys))
+
     def with_horizons(self, n_obs_steps: int, horizon: int, n_action_steps: int) -> PolicySpec:
         return replace(self, n_obs_steps=n_obs_steps, horizon=horizon, n_action_steps=n_action_steps)
 

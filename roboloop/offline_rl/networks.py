@@ -40,6 +40,7 @@ class QEnsemble(nn.Module):
         if n_critics < 1:
             raise ConfigError(f"n_critics must be >= 1, got {n_critics}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.hidden_dims, self.layer_norm = list(hidden_dims), layer_norm  # to rebuild it from a saved critic
         self.members = nn.ModuleList(mlp(obs_dim + action_dim, hidden_dims, 1, layer_norm=layer_norm)
                                      for _ in range(n_critics))
 

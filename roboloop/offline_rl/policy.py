@@ -77,8 +77,7 @@ class RLActorPolicy(StochasticPolicy):
         self.obs_keys = list(spec.lowdim_keys)
         if len(self.obs_keys) != len(spec.obs_shapes):
             raise ConfigError("an RL actor reads low-dimensional observations only; drop the image keys")
-        obs_dim = sum(int(torch.tensor(spec.obs_shapes[k]).prod()) for k in self.obs_keys)
-        self.obs_dim = obs_dim
+        self.obs_dim = obs_dim = spec.flat_dim()
         if config.actor == "tanh_gaussian":
             self.actor: nn.Module = TanhGaussianMLP(obs_dim, spec.action_dim, config.hidden_dims,
                                                     low=spec.action_low, high=spec.action_high)
@@ -108,15 +107,15 @@ class RLActorPolicy(StochasticPolicy):
         raise ConfigError("an rl_actor policy is trained by IQL, Cal-QL or SAC (roboloop train-offline), not by BC")
 
 
-def save_critic(directory: str | Path, critic: QEnsemble, *, obs_keys: list[str], hidden_dims: list[int],
-                layer_norm: bool, meta: dict[str, Any] | None = None) -> Path:
+def save_critic(directory: str | Path, critic: QEnsemble, *, obs_keys: list[str],
+                meta: dict[str, Any] | None = None) -> Path:
     """Write ``critic.safetensors`` and ``critic.json`` (keys, sizes, architecture) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / CRITIC_WEIGHTS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}, str(tmp))
     config = {"obs_keys": obs_keys, "obs_dim": critic.obs_dim, "action_dim": critic.action_dim,
-              "hidden_dims": list(hidden_dims), "n_critics": len(critic.members), "layer_norm": layer_norm,
+              "hidden_dims": critic.hidden_dims, "n_critics": len(critic.members), "layer_norm": critic.layer_norm,
               **(meta or {})}
     with atomic_path(directory / CRITIC_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2))
@@ -165,8 +164,7 @@ class SteeredPolicy(Policy):
         if not hasattr(base, "sample_actions"):
             raise ConfigError(f"steering needs a policy that samples candidate chunks (sample_actions); "
                               f"{base.name} does not")
-        flat_dim = sum(int(torch.tensor(base.spec.obs_shapes[k]).prod()) for k in obs_keys if k in base.spec.obs_shapes)
-        if any(k not in base.spec.obs_shapes for k in obs_keys) or flat_dim != critic.obs_dim:
+        if any(k not in base.spec.lowdim_keys for k in obs_keys) or base.spec.flat_dim(obs_keys) != critic.obs_dim:
             raise InputError(f"the critic was trained on {obs_keys} ({critic.obs_dim} dims); the policy observes "
                              f"{dict(base.spec.obs_shapes)}")
         if critic.action_dim != base.spec.action_dim:

@@ -14,6 +14,7 @@ order given), A = action dim.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -164,9 +165,10 @@ def flatten_observations(observations: dict[str, np.ndarray], obs_keys: Sequence
 
 
 def replay_from_store(path: str | Path, *, obs_keys: Sequence[str] | None = None, gamma: float | None = 0.99,
-                      capacity: int | None = None) -> ReplayBuffer:
+                      capacity: int | None = None, reward_scale: float = 1.0, reward_bias: float = 0.0) -> ReplayBuffer:
     """Every transition of an episode file in a ``ReplayBuffer`` (capacity: the file's steps by default), with
-    returns-to-go discounted by ``gamma`` (None: not computed).
+    returns-to-go discounted by ``gamma`` (None: not computed). Rewards become ``reward_scale * r + reward_bias``
+    before the returns are summed, so the returns-to-go are those of the rewards the agent learns from.
 
     ``obs_keys`` default to the file's low-dimensional keys (images are left out). RL learns from rewards: a
     file without them (or whose rewards are NaN, as a converted dataset that recorded none) is refused with an
@@ -187,6 +189,8 @@ def replay_from_store(path: str | Path, *, obs_keys: Sequence[str] | None = None
             episode = store.episode(demo, obs_keys=keys)
             if not np.isfinite(episode.rewards).all():
                 raise DatasetError(f"{str(path)!r}: {demo}'s rewards contain NaN or inf; RL learns from rewards")
+            if reward_scale != 1.0 or reward_bias != 0.0:
+                episode = replace(episode, rewards=reward_scale * np.asarray(episode.rewards, np.float64) + reward_bias)
             buffer.add_episode(episode, keys, gamma)
     return buffer
 

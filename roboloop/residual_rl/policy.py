@@ -121,7 +121,7 @@ class ResidualPolicy(Policy):
         self._freeze_base()
         if config.base_num_inference_steps is not None and hasattr(base, "set_sampler"):
             base.set_sampler(base.config.sampler, config.base_num_inference_steps)  # type: ignore[attr-defined]
-        self.obs_dim = sum(math.prod(spec.obs_shapes[k]) for k in spec.lowdim_keys)
+        self.obs_dim = spec.flat_dim()
         da, ta = spec.action_dim, spec.n_action_steps
         head_in, head_out = (self.obs_dim + da, da) if config.mode == "step" else (self.obs_dim, ta * da)
         self.head = GaussianMLP(head_in, head_out, hidden_dims=tuple(config.hidden_dims),

@@ -46,7 +46,7 @@ def test_rl_actor_round_trips_and_runs_in_evaluation(tmp_path: Path, actor: str)
 def test_critic_round_trip_and_steering_takes_the_best_scored_candidate(tmp_path: Path, lift_demos: Path) -> None:
     torch.manual_seed(0)
     critic = QEnsemble(16, 5, [8], 2)
-    save_critic(tmp_path / "q", critic, obs_keys=["observation.state"], hidden_dims=[8], layer_norm=False)
+    save_critic(tmp_path / "q", critic, obs_keys=["observation.state"])
     loaded, config = load_critic(tmp_path / "q")
     assert config["obs_keys"] == ["observation.state"]
     base = make_base(lift_demos, "diffusion")

@@ -89,3 +89,11 @@ def test_the_mixer_draws_its_ratio_and_falls_back_to_offline_data() -> None:
         assert int((batch.obs == 0).sum()) == expected_offline and batch.obs.shape == (256, 1)
     with pytest.raises(InputError, match="dims"):
         MixedSampler(offline, ReplayBuffer(obs_dim=2, action_dim=1, capacity=1))
+
+
+def test_reward_transform_applies_before_the_returns_to_go(tmp_path: Path) -> None:
+    path = write_synthetic(tmp_path / "f.hdf5", [3])  # reward 1 on the last (terminated) step
+    buffer = replay_from_store(path, gamma=0.5, reward_scale=2.0, reward_bias=-1.0)
+    batch = buffer.gather(torch.arange(3))
+    np.testing.assert_allclose(batch.rewards.numpy(), [-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(batch.mc_returns.numpy(), discounted_returns(np.array([-1.0, -1.0, 1.0]), 0.5))
