@@ -35,7 +35,8 @@ A finished episode's last head observation is in ``infos["final_obs"]`` and its 
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -47,8 +48,6 @@ from roboloop.core.errors import ConfigError, InputError
 from roboloop.core.spec import PolicySpec
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.residual_rl.policy import ResidualPolicy
-
-_IN_WORKERS = "in worker processes"  # step_async of an AsyncVectorEnv inner env: the result comes from its step_wait
 
 
 def env_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
@@ -107,7 +106,7 @@ class ResidualVecEnv(VectorEnv):
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
         self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
-        self._pending: Future[tuple[Any, ...]] | np.ndarray | str | None = None  # physics in flight; chunk: deltas
+        self._finish: Callable[[], tuple[Any, ...]] | None = None  # completes the step step_async started
         if shaping < 0 or not 0 < gamma <= 1:
             raise ConfigError(f"shaping must be >= 0 and gamma in (0, 1], got {shaping}, {gamma}")
         self.shaping, self.gamma = float(shaping), float(gamma)
@@ -135,29 +134,27 @@ class ResidualVecEnv(VectorEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         """Start a step with head actions ``actions``; ``step_wait`` returns what ``step`` would have."""
-        if self._pending is not None:
+        if self._finish is not None:
             raise InputError("step_async called again before step_wait")
-        if self.mode == "step":
-            env_actions = self._env_actions(actions)
-            if isinstance(self.envs, AsyncVectorEnv):  # worker processes: no GIL shared with the caller
-                self.envs.step_async(env_actions)
-                self._pending = _IN_WORKERS
-                return
-            if self._physics is None:
-                self._physics = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-physics")
-            self._pending = self._physics.submit(self.envs.step, env_actions)
-        else:
-            self._pending = self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1)
+        if self.mode == "chunk":  # a chunk interleaves physics and base planning: it all runs in step_wait
+            delta = self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1)
+            self._finish = lambda: self._step_chunk(delta)
+            return
+        env_actions = self._env_actions(actions)
+        if isinstance(self.envs, AsyncVectorEnv):  # worker processes: no GIL shared with the caller
+            self.envs.step_async(env_actions)
+            self._finish = lambda: self._finish_step(self.envs.step_wait())
+            return
+        if self._physics is None:
+            self._physics = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-physics")
+        physics = self._physics.submit(self.envs.step, env_actions)
+        self._finish = lambda: self._finish_step(physics.result())
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        pending, self._pending = self._pending, None
-        if pending is None:
+        finish, self._finish = self._finish, None
+        if finish is None:
             raise InputError("step_wait called without a step_async")
-        if isinstance(pending, np.ndarray):
-            return self._step_chunk(pending)
-        if pending is _IN_WORKERS:
-            return self._finish_step(self.envs.step_wait())
-        return self._finish_step(pending.result())
+        return finish()
 
     def close_extras(self, **kwargs: Any) -> None:
         if self._physics is not None:

@@ -417,8 +417,8 @@ class PPO:
                 for t in range(cfg.n_steps + 1):
                     for g in range(len(self.groups)):
                         if in_flight[g] is not None:
-                            obs[g] = self._record(g, t - 1, in_flight[g], episodes, env_steps)
                             env_steps += self.groups[g].num_envs
+                            obs[g] = self._record(g, t - 1, in_flight[g], episodes, env_steps)
                         in_flight[g] = self._act(g, obs[g]) if t < cfg.n_steps else None
 
                 # --- advantages: GAE, truncation bootstraps from the final observation's value
@@ -497,13 +497,13 @@ class PPO:
 
     def _record(self, g: int, t: int, step: _Step, episodes: EpisodeTracker, env_steps: int) -> np.ndarray:
         """Complete group ``g``'s step ``t``: take in the env's result, store the transition in the rollout
-        buffer's rows of the group and return the group's next observations."""
+        buffer's rows of the group and return the group's next observations. ``env_steps`` counts this step (for
+        error messages)."""
         group, rows = self.groups[g], self.group_rows[g]
         if len(self.groups) > 1:
             next_obs, reward, terminated, truncated, infos = group.step_wait()
         else:
             next_obs, reward, terminated, truncated, infos = group.step(step.env_action)
-        env_steps += group.num_envs
         _check_finite("observation", next_obs, env_steps=env_steps, first_env=rows.start)
         _check_finite("reward", np.asarray(reward, dtype=np.float64), env_steps=env_steps, first_env=rows.start)
         done = np.logical_or(terminated, truncated)
