@@ -53,3 +53,18 @@ def make_envs(n_envs: int = 2, *, autoreset_mode: AutoresetMode = AutoresetMode.
     if asynchronous:
         return AsyncVectorEnv(fns, autoreset_mode=autoreset_mode)
     return SyncVectorEnv(fns, autoreset_mode=autoreset_mode)
+
+
+def mean_return(act: Callable[[np.ndarray], np.ndarray], n_episodes: int = 30) -> float:
+    """Mean return of ``act`` (observation -> action) over seeded point-mass episodes (seeds 10000, ...)."""
+    env = PointMass()
+    returns = []
+    for episode in range(n_episodes):
+        obs, _ = env.reset(seed=10_000 + episode)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += reward
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))

@@ -13,25 +13,10 @@ from roboloop.offline_rl import ReplayBuffer, discounted_returns
 from roboloop.offline_rl.calql import CalQL, CalQLConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
-from tests.point_mass import PointMass, make_envs
+from tests.point_mass import PointMass, make_envs, mean_return
 
 pytestmark = pytest.mark.slow
 GAMMA = 0.9
-
-
-def mean_return(actor: TanhGaussianMLP, n_episodes: int = 20) -> float:
-    env = PointMass()
-    returns = []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=10_000 + episode)
-        total, done = 0.0, False
-        while not done:
-            action = actor.sample(torch.as_tensor(obs)[None], deterministic=True).env_action[0].numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
 
 
 def weak_behavior(n_episodes: int = 50) -> tuple[ReplayBuffer, float]:
@@ -62,7 +47,9 @@ def test_calql_finetunes_online_without_unlearning(tmp_path: Path) -> None:
     evaluations: list[tuple[int, float]] = []
 
     def evaluate(actor: torch.nn.Module, updates: int) -> dict[str, float]:
-        evaluations.append((updates, mean_return(actor)))  # type: ignore[arg-type]
+        deterministic = actor.sample  # type: ignore[operator]
+        evaluations.append((updates, mean_return(
+            lambda obs: deterministic(torch.as_tensor(obs)[None], deterministic=True).env_action[0].numpy(), 20)))
         return {"return": evaluations[-1][1]}
 
     cfg = OffPolicyConfig(offline_steps=1000, online_env_steps=3000, batch_size=128, eval_every=250,

@@ -3,7 +3,6 @@ policy's, in seconds on one CPU core."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,9 @@ import torch
 
 from roboloop.policies.gaussian_mlp import GaussianMLP
 from roboloop.residual_rl import PPO, PPOConfig
-from tests.point_mass import PointMass, make_envs
+from tests.point_mass import make_envs, mean_return
 
 pytestmark = pytest.mark.slow
-
-
-def mean_return(act: Callable[[np.ndarray], np.ndarray], n_episodes: int = 30) -> float:
-    env = PointMass()
-    returns = []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=10_000 + episode)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += reward
-            done = terminated or truncated
-        returns.append(total)
-    return float(np.mean(returns))
 
 
 def test_ppo_solves_point_mass_reach(tmp_path: Path) -> None:
