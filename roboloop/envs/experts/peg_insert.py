@@ -1,8 +1,10 @@
 """Scripted expert for PegInsert.
 
-Grasp the peg near its top, lift it clear of the fixture, servo the *peg's* measured position and
-yaw (not the gripper's) onto the hole, then descend slowly while correcting. If the peg jams on
-the rim it backs off and realigns; if it falls out of the hand it starts over.
+Grasp the peg near its top, then servo the *peg's* measured position and yaw (not the gripper's) onto
+the hole while holding a height that goes from clear of the fixture down to inserted as the peg comes
+into alignment. After the grasp the action is a function of the observation alone (no phases), which
+is what behavior cloning can reproduce; a peg that lands off the hole lifts off and realigns, and one
+that falls out of the hand starts the grasp over.
 """
 
 from __future__ import annotations
@@ -13,22 +15,23 @@ from typing import Any
 import numpy as np
 
 from roboloop.envs.base import quat_to_yaw
-from roboloop.envs.experts.base import GripperExpert, wrap_to
+from roboloop.envs.experts.base import GripperExpert, toward, wrap_to
 
 
 class PegInsertExpert(GripperExpert):
-    APPROACH, DESCEND, CLOSE, LIFT, ALIGN, INSERT, BACKOFF = range(7)
+    APPROACH, DESCEND, CLOSE, CARRY = range(4)
+    YAW_TOLERANCE = 0.02  # rad: a quarter of what the clearance allows (0.5 mm over the 12 mm half side)
 
     def _configure(self, env: Any) -> None:
         super()._configure(env)
         self.half_height = float(env.peg_half_height)
         self.fixture_height = float(env.fixture_height)
         self.clearance = float(env.clearance)
+        self.insert_depth = float(env.insert_depth)
 
     def _reset_plan(self) -> None:
         self.phase = self.APPROACH
         self.counter = 0
-        self.last_bottom = math.inf
 
     def _plan(self, state: np.ndarray) -> np.ndarray:
         eef, yaw, _ = self.proprio(state)
@@ -42,7 +45,7 @@ class PegInsertExpert(GripperExpert):
         in_hand = (abs(peg[0] - eef[0]) < 0.015 and abs(peg[1] - eef[1]) < 0.015
                    and peg_bottom - 0.005 < eef[2] < peg_top - 0.01)
 
-        if self.phase >= self.LIFT and not in_hand:
+        if self.phase == self.CARRY and not in_hand:
             self.phase = self.APPROACH  # lost the peg: start over
         if self.phase == self.APPROACH:
             yaw_error = wrap_to(peg_yaw - yaw, math.pi / 2)
@@ -59,36 +62,24 @@ class PegInsertExpert(GripperExpert):
         if self.phase == self.CLOSE:
             self.counter += 1
             if self.counter >= 3:
-                self.phase = self.LIFT
+                self.phase = self.CARRY
             return self.action(np.zeros(3), 0.0, 1.0)
 
-        # The peg is in hand: from here on servo the peg, not the gripper.
+        # The peg is in hand: from here on servo the peg, not the gripper, and plan from the observation alone
+        # (no phases), so that behavior cloning sees one function of the state. The height to hold falls from
+        # clear of the fixture to inserted as the misalignment goes to zero: a peg that is not aligned hovers
+        # while it aligns, and one that lands on the fixture's top off the hole lifts itself off again.
         yaw_error = wrap_to(hole_yaw - peg_yaw, math.pi / 2)
         planar = hole[:2] - peg[:2]
+        offset = float(np.hypot(*planar))
         clear_z = self.fixture_height + 0.015  # peg bottom this high clears the fixture
-        if self.phase == self.LIFT:
-            dz = clear_z + 0.01 - peg_bottom
-            if dz < 0.005:
-                self.phase = self.ALIGN
-            # Move toward the hole only once clear of the fixture's top.
-            move = planar if peg_bottom > clear_z else np.zeros(2)
-            return self.action(np.array([*move, dz]), yaw_error, 1.0, limit=0.8)
-        if self.phase == self.ALIGN:
-            dz = clear_z - peg_bottom
-            aligned = np.hypot(*planar) < 0.25 * self.clearance and abs(yaw_error) < 0.01
-            self.counter = self.counter + 1 if aligned else 0
-            if self.counter >= 2:  # aligned on two consecutive steps: the peg has stopped swinging
-                self.phase, self.counter, self.last_bottom = self.INSERT, 0, peg_bottom
-            return self.action(np.array([*planar, dz]), yaw_error, 1.0, gain=0.8)
-        if self.phase == self.INSERT:
-            # Slow descent with continuous correction; a peg that stops sinking is jammed on the rim.
-            self.counter = self.counter + 1 if peg_bottom > self.last_bottom - 0.001 else 0
-            self.last_bottom = min(self.last_bottom, peg_bottom)
-            if self.counter >= 4 and peg_bottom > self.fixture_height - 0.005:
-                self.phase, self.counter = self.BACKOFF, 0
-            return self.action(np.array([*planar, -0.01]), yaw_error, 1.0, gain=0.8)
-        # BACKOFF: rise above the rim and realign.
-        dz = clear_z - peg_bottom
-        if dz < 0.003:
-            self.phase, self.counter = self.ALIGN, 0
-        return self.action(np.array([0.0, 0.0, dz]), 0.0, 1.0)
+        goal_z = self.fixture_height - self.insert_depth - 0.005
+        inside = peg_bottom < self.fixture_height - 0.001 and offset < self.clearance * 1.5
+        misalign = max(offset / (0.5 * self.clearance), abs(yaw_error) / self.YAW_TOLERANCE)
+        lowering = min(max(2.0 - 2.0 * misalign, 0.0), 1.0)  # 0 at misalign >= 1, 1 at <= 0.5
+        target_z = goal_z if inside else clear_z - lowering * (clear_z - goal_z)
+        # Move across only once clear of the fixture's top, or when already over the hole.
+        move = planar if (peg_bottom > clear_z - 0.005 or offset < 0.003 or inside) else np.zeros(2)
+        action = self.action(np.array([*move, 0.0]), yaw_error, 1.0, gain=0.8, limit=0.8)
+        action[2] = toward(np.array([target_z - peg_bottom]), self.max_delta_pos, limit=0.3)[0]
+        return action

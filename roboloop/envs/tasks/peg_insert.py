@@ -47,8 +47,9 @@ class PegInsertEnv(ManipulationEnv):
     task_name: ClassVar[str] = "PegInsert"
     task_observation_structure: ClassVar[dict[str, int]] = {
         "peg_pos": 3, "peg_quat": 4, "hole_pos": 3, "hole_yaw_cos_sin": 2,
-        "peg_rel_eef": 3, "hole_rel_peg": 3, "grasp_yaw_cos_sin": 2, "insert_yaw_cos_sin": 2,
+        "peg_rel_eef": 3, "hole_rel_peg": 3, "grasp_yaw_cos_sin": 2, "insert_yaw_cos_sin": 2, "hole_rel_peg_fine": 2,
     }
+    FINE_SCALE = 0.005  # hole_rel_peg_fine = tanh(planar offset / 5 mm)
     FIXTURE_HALF = 0.05
     MIN_UPRIGHT = math.cos(math.radians(10))  # a peg tilted further than this is not inserted
 
@@ -135,6 +136,7 @@ class PegInsertEnv(ManipulationEnv):
         out[19] = math.sin(4 * (peg_yaw - eef[3]))
         out[20] = math.cos(4 * (hole_yaw - peg_yaw))
         out[21] = math.sin(4 * (hole_yaw - peg_yaw))
+        out[22:24] = np.tanh((hole[:2] - pos[:2]) / self.FINE_SCALE)
 
     def _evaluate(self) -> tuple[bool, dict[str, float]]:
         qpos = self.data.qpos
