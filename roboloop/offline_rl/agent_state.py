@@ -5,7 +5,8 @@ share: a squashed-Gaussian actor, its automatically tuned entropy temperature an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,25 @@ from torch import Tensor, nn
 from roboloop.core.errors import ConfigError
 from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
+
+
+def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over all parameters; the same update as the default, to rounding)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No parameter gradients for ``module`` inside the block (gradients still flow through it to its inputs):
+    the actor's loss backpropagates through the critic to the actions, and computing the critic's weight
+    gradients there would be wasted work."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -62,17 +82,20 @@ class SoftActor:
         self.actor = actor.to(device)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=device, requires_grad=True)
         self.target_entropy = float(target_entropy)
-        self.optimizers = {"actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=actor_lr),
-                           "alpha": torch.optim.Adam([self.log_alpha], lr=alpha_lr)}
+        self.optimizers = {"actor": adam(actor.trainable_parameters(), actor_lr),
+                           "alpha": adam([self.log_alpha], alpha_lr)}
 
     @property
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
-    def update(self, obs: Tensor, q: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
-        """One actor step against ``q(obs, actions) -> (B,)``, then one temperature step."""
+    def update(self, obs: Tensor, critic: nn.Module, reduce: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        """One actor step against ``reduce(critic(obs, actions) (E, B)) -> (B,)`` (the critic's weights get no
+        gradient), then one temperature step."""
         actions, log_probs = self.actor.rsample(obs)
-        actor_loss = sac_actor_loss(q(obs, actions), log_probs, self.alpha.detach())
+        with frozen(critic):
+            q = reduce(critic(obs, actions))
+        actor_loss = sac_actor_loss(q, log_probs, self.alpha.detach())
         optimizer_step(self.optimizers["actor"], actor_loss)
         optimizer_step(self.optimizers["alpha"], temperature_loss(self.log_alpha, log_probs, self.target_entropy))
         return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item()}

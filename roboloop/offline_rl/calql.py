@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import SoftActor, Trainables
+from roboloop.offline_rl.agent_state import SoftActor, Trainables, adam
 from roboloop.offline_rl.losses import (
     calibrate,
     conservative_penalty,
@@ -89,7 +89,7 @@ class CalQL:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.trainables = Trainables(
             networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
-            optimizers={"critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr), **self.soft.optimizers},
+            optimizers={"critic": adam(self.critic.parameters(), cfg.critic_lr), **self.soft.optimizers},
             tensors={"log_alpha": self.soft.log_alpha})
 
     @property
@@ -150,7 +150,7 @@ class CalQL:
         self.trainables.step("critic", critic_loss)
 
         # --- actor (SAC, against the pessimistic min of the two critics) and temperature
-        actor_stats = self.soft.update(obs, lambda o, a: self.critic(o, a).min(dim=0).values)
+        actor_stats = self.soft.update(obs, self.critic, lambda q: q.min(dim=0).values)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
         return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "alpha": self.alpha.item(),

@@ -19,7 +19,7 @@ from torch import nn
 
 from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
-from roboloop.offline_rl.agent_state import Trainables
+from roboloop.offline_rl.agent_state import Trainables, adam
 from roboloop.offline_rl.losses import advantage_weights, ensemble_td_loss, expectile_loss, td_target
 from roboloop.offline_rl.networks import QEnsemble, StateValue, soft_update
 from roboloop.offline_rl.replay import Transitions
@@ -80,9 +80,9 @@ class IQL:
         self.trainables = Trainables(
             networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
                       "value": self.value},
-            optimizers={"actor": torch.optim.Adam(list(actor.trainable_parameters()), lr=cfg.actor_lr),
-                        "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
-                        "value": torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr)})
+            optimizers={"actor": adam(actor.trainable_parameters(), cfg.actor_lr),
+                        "critic": adam(self.critic.parameters(), cfg.critic_lr),
+                        "value": adam(self.value.parameters(), cfg.value_lr)})
 
     def update(self, batch: Transitions) -> dict[str, float]:
         """One step on a batch of B transitions; returns the losses and diagnostics as floats."""

@@ -115,7 +115,7 @@ def save_critic(directory: str | Path, critic: QEnsemble, *, obs_keys: list[str]
     with atomic_path(directory / CRITIC_WEIGHTS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}, str(tmp))
     config = {"obs_keys": obs_keys, "obs_dim": critic.obs_dim, "action_dim": critic.action_dim,
-              "hidden_dims": critic.hidden_dims, "n_critics": len(critic.members), "layer_norm": critic.layer_norm,
+              "hidden_dims": critic.hidden_dims, "n_critics": critic.n_critics, "layer_norm": critic.layer_norm,
               **(meta or {})}
     with atomic_path(directory / CRITIC_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from roboloop.core.errors import ConfigError
+from roboloop.offline_rl.networks import EnsembleLayerNorm
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 from tests.unit.test_iql import bandit_data
@@ -16,7 +17,7 @@ def test_rlpd_learns_a_bandit_from_offline_data() -> None:
     torch.manual_seed(0)
     agent = SAC(TanhGaussianMLP(1, 1, hidden_dims=(32, 32)), 1, 1,
                 SACConfig(n_critics=4, target_subset=2, hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3))
-    assert any(isinstance(m, torch.nn.LayerNorm) for m in agent.critic.modules())  # RLPD's default
+    assert any(isinstance(m, EnsembleLayerNorm) for m in agent.critic.modules())  # RLPD's default
     data, generator = bandit_data(), torch.Generator().manual_seed(0)
     for step in range(600):
         metrics = agent.update(data.sample(128, generator), update_actor=step % 2 == 0, generator=generator)
@@ -36,3 +37,14 @@ def test_critic_only_updates_leave_the_actor_and_state_round_trips() -> None:
     assert all(torch.equal(a, b) for a, b in zip(agent.critic.parameters(), other.critic.parameters(), strict=True))
     with pytest.raises(ConfigError, match="target_subset"):
         SACConfig(n_critics=2, target_subset=3)
+
+
+def test_actor_step_gives_the_critic_no_weight_gradients() -> None:
+    torch.manual_seed(0)
+    agent = SAC(TanhGaussianMLP(1, 1, hidden_dims=(8,)), 1, 1, SACConfig(n_critics=3, hidden_dims=[8]))
+    critic_before = [p.clone() for p in agent.critic.parameters()]
+    actor_before = [p.clone() for p in agent.actor.parameters()]
+    agent.soft.update(torch.randn(16, 1), agent.critic, lambda q: q.mean(dim=0))
+    assert all(p.grad is None and p.requires_grad for p in agent.critic.parameters())  # frozen only inside
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, agent.critic.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters(), strict=True))

@@ -32,7 +32,8 @@ class PegInsertEnv(ManipulationEnv):
     add (``gripper_to_cube_pos``): with 0.5 mm per side, a policy that must subtract two absolute positions
     normalized over a 30 cm workspace loses the millimetres the task is about.
     Shaped terms in info: ``reward_reach`` (-distance fingertips to the peg's grasp point),
-    ``reward_align`` (-horizontal distance of the peg to the hole), ``reward_insert`` (inserted depth
+    ``reward_align`` (-misalignment: horizontal distance of the peg to the hole plus the half side times the yaw
+    error), ``reward_insert`` (inserted depth
     as a fraction of ``insert_depth``).
 
     Args:
@@ -147,16 +148,21 @@ class PegInsertEnv(ManipulationEnv):
         grasp_dz = self.peg_half_height - 0.02
         reach = math.sqrt((peg[0] - eef[0]) ** 2 + (peg[1] - eef[1]) ** 2 + (peg[2] + grasp_dz - eef[2]) ** 2)
         planar = math.hypot(peg[0] - hole[0], peg[1] - hole[1])
+        # How far the peg's sides are from the hole's: the planar offset plus what the yaw error moves a side's
+        # end (a square repeats every quarter turn); 0.5 mm of either keeps the peg out.
+        qw, qx, qy, qz = qpos[self._peg_qpos + 3 : self._peg_qpos + 7]
+        yaw_error = (quat_to_yaw(np.array([qw, qx, qy, qz])) - quat_to_yaw(self.data.mocap_quat[self._hole_mocap])
+                     + math.pi / 4) % (math.pi / 2) - math.pi / 4
+        misalignment = planar + self.peg_half_width * abs(yaw_error)
         depth = self.fixture_height - (peg[2] - self.peg_half_height)  # how far the bottom is below the top
         # z component of the peg's long axis: 1 upright, 0 lying on its side.
-        qw, qx, qy, qz = qpos[self._peg_qpos + 3 : self._peg_qpos + 7]
         upright = 1.0 - 2.0 * (qx * qx + qy * qy)
         # Upright with its bottom below the fixture's top, the peg can only be inside the hole (or beside
         # the fixture, which the planar test excludes).
         success = bool(depth >= self.insert_depth and planar < self.hole_half_width and upright > self.MIN_UPRIGHT)
         return success, {
             "reward_reach": -reach,
-            "reward_align": -planar,
+            "reward_align": -misalignment,
             "reward_insert": float(planar < self.hole_half_width) * min(max(depth, 0.0), self.insert_depth)
             / self.insert_depth,
         }
