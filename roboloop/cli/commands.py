@@ -44,8 +44,9 @@ def run_make_tiers(cfg: TiersConfig) -> int:
     for tier, parts in make_tiers(cfg).items():
         episodes = sum(p.episodes for p in parts)
         successes = sum(p.successes for p in parts)
-        print(f"{tier}: {episodes} episodes, {format_rate(successes, episodes)} successful -> {parts[0].path} "
-              f"({_size(parts[0].path)})")
+        mean_return = sum(p.total_return for p in parts) / max(episodes, 1)
+        print(f"{tier}: {episodes} episodes, {format_rate(successes, episodes)} successful, mean return "
+              f"{mean_return:.4g} -> {parts[0].path} ({_size(parts[0].path)})")
     return 0
 
 

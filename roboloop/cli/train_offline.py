@@ -165,7 +165,8 @@ def run_train_offline(cfg: TrainOfflineConfig) -> int:
     print(f"{cfg.algo} on {run['task']}: {result.updates} updates, {result.online_env_steps} online env steps in "
           f"{result.seconds:.0f} s")
     if "success_rate" in final:
-        print(f"success: {100 * final['success_rate']:.1f}% over {cfg.eval.n_episodes} episodes")
+        print(f"success: {100 * final['success_rate']:.1f}% over {cfg.eval.n_episodes} episodes, mean return "
+              f"{final.get('mean_return', float('nan')):.4g}")
     print(f"policy: {run['out_dir'] / 'policy'}, critic: {run['out_dir'] / 'critic'}, "
           f"history: {run['out_dir'] / 'history.json'}")
     return 0

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -108,6 +108,11 @@ class CollectSummary:
     successes: int
     attempted: int
     seconds: float
+    total_return: float = 0.0  # summed over the written episodes
+
+    @property
+    def mean_return(self) -> float:
+        return self.total_return / max(self.episodes, 1)
 
     @property
     def success_rate(self) -> float:
@@ -177,17 +182,34 @@ def _index_obs(obs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     return {k: np.array(v[i]) for k, v in obs.items()}
 
 
-def collect(cfg: CollectConfig) -> CollectSummary:
-    """Run the scripted expert of ``cfg.task`` and write ``cfg.n_episodes`` episodes to ``cfg.output_path``."""
+class Actor(Protocol):
+    """What ``collect`` runs in each sub-env: a scripted expert, or any other per-env actor (a trained agent)."""
+
+    def reset(self, seed: int | None = None) -> None: ...
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def collect(cfg: CollectConfig, actors: Sequence[Actor] | None = None, policy_id: str | None = None
+            ) -> CollectSummary:
+    """Run the scripted expert of ``cfg.task`` (or ``actors``, one per env, recorded as ``policy_id``) and write
+    ``cfg.n_episodes`` episodes to ``cfg.output_path``."""
     env_kwargs = cfg.full_env_kwargs
-    probe = gym.make(task_info(cfg.task).env_id, **cfg.env_kwargs)  # experts read geometry from it
-    experts = [make_expert(cfg.task, probe, noise=cfg.noise, jitter=cfg.jitter) for _ in range(cfg.n_envs)]
-    probe.close()
-    policy_id = f"{type(experts[0]).__name__}(noise={cfg.noise}, jitter={cfg.jitter})"
+    if actors is None:
+        probe = gym.make(task_info(cfg.task).env_id, **cfg.env_kwargs)  # experts read geometry from it
+        experts: Sequence[Actor] = [make_expert(cfg.task, probe, noise=cfg.noise, jitter=cfg.jitter)
+                                    for _ in range(cfg.n_envs)]
+        probe.close()
+        policy_id = f"{type(experts[0]).__name__}(noise={cfg.noise}, jitter={cfg.jitter})"
+    else:
+        if len(actors) != cfg.n_envs:
+            raise ConfigError(f"collect needs one actor per env: got {len(actors)} for n_envs={cfg.n_envs}")
+        experts, policy_id = actors, policy_id or type(actors[0]).__name__
     envs = make_vector_env(cfg.task, env_kwargs, cfg.n_envs, cfg.vectorization)
     null_action = np.zeros(envs.single_action_space.shape, dtype=np.float32)
 
     started = written = successes = attempted = steps = 0
+    total_return = 0.0
     recordings: list[_Recording | None] = [None] * cfg.n_envs
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.n_episodes, desc=f"collect {cfg.task}", unit="ep", disable=not cfg.progress)
@@ -236,6 +258,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
                 if (success or not cfg.success_only) and written < cfg.n_episodes:
                     writer.append(rec.finish(success, policy_id, cfg.source))
                     written += 1
+                    total_return += float(np.sum(rec.rewards))
                     bar.update(1)
                     bar.set_postfix(success=f"{successes / attempted:.0%}")
                 recordings[i] = None
@@ -248,4 +271,5 @@ def collect(cfg: CollectConfig) -> CollectSummary:
         bar.close()
         writer.close()
         envs.close()
-    return CollectSummary(cfg.output_path, written, steps, successes, attempted, time.perf_counter() - t0)
+    return CollectSummary(cfg.output_path, written, steps, successes, attempted, time.perf_counter() - t0,
+                          total_return)

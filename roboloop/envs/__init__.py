@@ -6,9 +6,9 @@ from typing import Any
 
 import gymnasium as gym
 
-from roboloop.envs.registration import TASKS, TaskInfo, register_all, task_info
+from roboloop.envs.registration import LOCOMOTION_TASKS, TASKS, TaskInfo, register_all, task_info
 
-__all__ = ["TASKS", "TaskInfo", "make", "register_all", "task_info"]
+__all__ = ["LOCOMOTION_TASKS", "TASKS", "TaskInfo", "make", "register_all", "task_info"]
 
 
 def make(task: str, **kwargs: Any) -> gym.Env:

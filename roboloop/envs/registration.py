@@ -15,13 +15,14 @@ from roboloop.core.errors import ConfigError
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """One registered task: its env id, entry point, episode limit and scripted expert."""
+    """One registered task: its env id, entry point, episode limit and scripted expert (None for the locomotion
+    benchmarks, whose demonstrations come from trained agents)."""
 
     name: str
     env_id: str
     entry_point: str
     max_episode_steps: int
-    expert: str  # "module:Class" of the scripted expert
+    expert: str | None  # "module:Class" of the scripted expert
     third_party: bool = False
 
 
@@ -41,17 +42,27 @@ TASKS: dict[str, TaskInfo] = {
                  "roboloop.envs.experts.fetch:FetchPickAndPlaceExpert", third_party=True),
     )
 }
+#: Gymnasium's locomotion benchmarks for offline RL (no scripted expert: their tiers come from trained agents).
+LOCOMOTION_TASKS: dict[str, TaskInfo] = {
+    t.name: t
+    for t in (
+        TaskInfo("Hopper-v5", "roboloop/Hopper-v5", "roboloop.envs.third_party.locomotion:HopperAdapter", 1000,
+                 None, third_party=True),
+        TaskInfo("HalfCheetah-v5", "roboloop/HalfCheetah-v5",
+                 "roboloop.envs.third_party.locomotion:HalfCheetahAdapter", 1000, None, third_party=True),
+    )
+}
 
 
 def register_all() -> None:
-    for task in TASKS.values():
+    for task in (*TASKS.values(), *LOCOMOTION_TASKS.values()):
         if task.env_id not in gym.registry:
             gym.register(id=task.env_id, entry_point=task.entry_point, max_episode_steps=task.max_episode_steps)
 
 
 def task_info(task: str) -> TaskInfo:
-    """Look a task up by name (``Lift``) or env id (``roboloop/Lift-v0``)."""
-    for info in TASKS.values():
+    """Look a task up by name (``Lift``, ``Hopper-v5``) or env id (``roboloop/Lift-v0``)."""
+    for info in (*TASKS.values(), *LOCOMOTION_TASKS.values()):
         if task in (info.name, info.env_id):
             return info
-    raise ConfigError(f"unknown task {task!r}; registered tasks: {sorted(TASKS)}")
+    raise ConfigError(f"unknown task {task!r}; registered tasks: {sorted(TASKS) + sorted(LOCOMOTION_TASKS)}")
