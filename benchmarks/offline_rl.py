@@ -1,0 +1,186 @@
+"""Offline RL: IQL on Hopper-v5 ``medium`` against its behavior data; offline-to-online Cal-QL and IQL on PegInsert.
+
+Cases (``--cases hopper,peginsert``; each case's result is kept in ``benchmarks/results/offline_rl.json`` until it
+is run again):
+
+* ``hopper``: ``roboloop make-tiers task=Hopper-v5 tiers=[medium] n_episodes=200`` (which first trains the
+  stable-baselines3 PPO agent, 1M env steps, cached in ``data/agents/``), then ``roboloop train-offline algo=iql``
+  on it with IQL's D4RL locomotion settings (expectile 0.7, temperature 3, rewards scaled by
+  1000 / (max - min episode return)) for ``--hopper-steps`` updates, evaluated on 10 episodes. Target: IQL's mean
+  return >= the behavior data's mean episode return.
+* ``peginsert``: ``roboloop make-tiers task=PegInsert tiers=[mixed] n_episodes=200``; for Cal-QL and IQL side by
+  side: ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps
+  (one env, one update per env step, half of each batch offline), evaluated every ``--eval-every`` updates on
+  ``--episodes`` episodes. Targets (each algorithm): final success >= offline success + 20 points; no evaluation in
+  the first 20k online steps more than 10 points below the offline success (the Cal-QL claim).
+
+    .venv/bin/python benchmarks/offline_rl.py [--cases hopper,peginsert] [--quick]
+
+``--quick`` runs both cases at toy sizes (plumbing only; no targets but finiteness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import REPO_ROOT, Target, finish, fmt, markdown_table, parse_args, pct, result_path, target
+
+from roboloop.cli.train_offline import TrainOfflineConfig, train_offline
+from roboloop.datasets import EpisodeStore
+from roboloop.datasets.agent_tiers import AgentConfig
+from roboloop.datasets.tiers import TiersConfig, make_tiers
+from roboloop.envs.evaluation import EvalConfig
+from roboloop.offline_rl.trainer import OffPolicyConfig
+
+NAME = "offline_rl"
+CASES = ("hopper", "peginsert")
+DIP_WINDOW, MAX_DIP, MIN_GAIN = 20_000, 0.10, 0.20
+EVAL_SEED = 300_000
+
+
+def extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--hopper-steps", type=int, default=200_000, help="IQL updates on Hopper medium")
+    parser.add_argument("--offline-steps", type=int, default=100_000, help="PegInsert offline updates")
+    parser.add_argument("--online-steps", type=int, default=200_000, help="PegInsert online env steps")
+    parser.add_argument("--eval-every", type=int, default=10_000, help="PegInsert updates between evaluations")
+    parser.add_argument("--episodes", type=int, default=50, help="PegInsert evaluation episodes")
+
+
+def episode_returns(path: Path) -> np.ndarray:
+    with EpisodeStore(path) as store:
+        return np.array([float(np.sum(store.read(d, "rewards"))) for d in store.demos])
+
+
+def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    quick = args.quick
+    agent = AgentConfig(total_env_steps=6144, checkpoint_every=2048, eval_episodes=1,
+                        agent_dir=str(out / "agent")) if quick else AgentConfig()
+    tiers = TiersConfig(task="Hopper-v5", tiers=["medium"], n_episodes=4 if quick else 200, agent=agent,
+                        out_dir=str(out / "tiers"), progress=False)
+    make_tiers(tiers)
+    dataset = tiers.directory / "medium.hdf5"
+    returns = episode_returns(dataset)
+    scale = 1000.0 / max(float(returns.max() - returns.min()), 1e-6)  # IQL's locomotion reward normalization
+    steps = 200 if quick else args.hopper_steps
+    cfg = TrainOfflineConfig(algo="iql", dataset=str(dataset), reward_scale=scale,
+                             train=OffPolicyConfig(offline_steps=steps, eval_every=steps // 4, checkpoint_every=steps,
+                                                   log_every=max(steps // 20, 1), progress=False),
+                             eval=EvalConfig(n_episodes=2 if quick else 10, seed=EVAL_SEED, progress=False),
+                             out_dir=str(out / "iql"))
+    run = train_offline(cfg)
+    history = run["result"].history
+    with EpisodeStore(dataset) as store:
+        transitions = store.total_steps
+        policy_id = store.attrs(store.demos[0])["policy_id"]
+    return {"dataset": str(dataset), "episodes": len(returns), "transitions": transitions, "behavior": policy_id,
+            "behavior_mean_return": float(returns.mean()), "behavior_std_return": float(returns.std()),
+            "reward_scale": scale, "updates": steps, "seconds": run["result"].seconds,
+            "curve": [{"updates": h["updates"], "mean_return": h["mean_return"]} for h in history],
+            "iql_mean_return": history[-1]["mean_return"], "eval_episodes": cfg.eval.n_episodes}
+
+
+def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    quick = args.quick
+    tiers = TiersConfig(task="PegInsert", tiers=["mixed"], n_episodes=4 if quick else 200, out_dir=str(out / "tiers"),
+                        progress=False)
+    make_tiers(tiers)
+    dataset = tiers.directory / "mixed.hdf5"
+    offline_steps, online_steps = (100, 100) if quick else (args.offline_steps, args.online_steps)
+    eval_every = 50 if quick else args.eval_every
+    eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
+    result: dict[str, Any] = {"dataset": str(dataset), "offline_steps": offline_steps, "online_env_steps": online_steps,
+                              "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
+    for algo in ("calql", "iql"):
+        base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo),
+                                  train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,
+                                                        checkpoint_every=eval_every, log_every=max(eval_every // 10, 1),
+                                                        progress=False))
+        offline = train_offline(base)
+        offline_success = offline["result"].history[-1]["success_rate"]
+        online_cfg = replace(base, init=str(out / algo), out_dir=str(out / f"{algo}_online"),
+                             train=replace(base.train, offline_steps=0, online_env_steps=online_steps,
+                                           eval_every=eval_every))
+        online = train_offline(online_cfg)
+        curve = [{"online_env_steps": h["online_env_steps"], "success_rate": h["success_rate"]}
+                 for h in online["result"].history]
+        early = [c["success_rate"] for c in curve if c["online_env_steps"] <= DIP_WINDOW]
+        result["algorithms"][algo] = {
+            "offline_success": offline_success, "final_success": curve[-1]["success_rate"],
+            "min_success_first_20k": min(early) if early else None, "curve": curve,
+            "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds}
+    return result
+
+
+def case_targets(cases: dict[str, Any], quick: bool) -> list[Target]:
+    targets: list[Target] = []
+    if "hopper" in cases:
+        h = cases["hopper"]
+        targets.append(target("finite[hopper]", bool(np.isfinite(h["iql_mean_return"])), "==", True))
+        if not quick:
+            targets.append(target("iql_minus_behavior_return[Hopper-v5 medium]",
+                                  round(h["iql_mean_return"] - h["behavior_mean_return"], 1), ">=", 0.0,
+                                  f"IQL {fmt(h['iql_mean_return'], 4)} vs behavior "
+                                  f"{fmt(h['behavior_mean_return'], 4)}"))
+    if "peginsert" in cases:
+        for algo, a in cases["peginsert"]["algorithms"].items():
+            if quick:
+                targets.append(target(f"finite[{algo}]", a["final_success"] is not None, "==", True))
+                continue
+            targets.append(target(f"online_gain[{algo}]", round(a["final_success"] - a["offline_success"], 3), ">=",
+                                  MIN_GAIN, f"offline {pct(a['offline_success'])} -> {pct(a['final_success'])}"))
+            if a["min_success_first_20k"] is not None:
+                targets.append(target(f"dip_first_20k[{algo}]",
+                                      round(a["offline_success"] - a["min_success_first_20k"], 3), "<=", MAX_DIP,
+                                      f"lowest {pct(a['min_success_first_20k'])} vs offline "
+                                      f"{pct(a['offline_success'])}"))
+    return targets
+
+
+def report(cases: dict[str, Any]) -> str:
+    parts = []
+    if "hopper" in cases:
+        h = cases["hopper"]
+        parts.append(f"Hopper-v5 `medium` ({h['episodes']} episodes, {h['transitions']} transitions, {h['behavior']}), "
+                     f"IQL {h['updates']} updates:")
+        rows = [("behavior data", fmt(h["behavior_mean_return"], 4), f"+- {fmt(h['behavior_std_return'], 3)}"),
+                ("IQL", fmt(h["iql_mean_return"], 4), f"{h['eval_episodes']} episodes")]
+        parts.append(markdown_table(["policy", "mean return", "detail"], rows))
+    if "peginsert" in cases:
+        p = cases["peginsert"]
+        parts.append(f"PegInsert `mixed`, {p['offline_steps']} offline updates then {p['online_env_steps']} online env "
+                     f"steps; success over {p['eval_episodes']} episodes:")
+        rows = [(algo, pct(a["offline_success"]), "-" if a["min_success_first_20k"] is None else
+                 pct(a["min_success_first_20k"]), pct(a["final_success"]),
+                 " ".join(f"{c['online_env_steps'] // 1000}k:{100 * c['success_rate']:.0f}" for c in a["curve"]))
+                for algo, a in p["algorithms"].items()]
+        parts.append(markdown_table(["algorithm", "offline", "lowest in first 20k", "final", "curve (k steps:%)"],
+                                    rows))
+    return "\n\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv, extra_args)
+    wanted = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(wanted) - set(CASES))
+    if unknown:
+        raise SystemExit(f"{NAME}: unknown case(s) {unknown}; cases are {list(CASES)}")
+    out = REPO_ROOT / "outputs" / ("bench_quick" if args.quick else "bench") / NAME
+    stored_path = result_path(NAME, args.quick)
+    cases: dict[str, Any] = json.loads(stored_path.read_text())["figures"]["cases"] if stored_path.exists() else {}
+    runners = {"hopper": run_hopper, "peginsert": run_peginsert}
+    for case in wanted:
+        print(f"\n=== {case} ===", file=sys.stderr, flush=True)
+        cases[case] = runners[case](args, out / case)
+    return finish(NAME, {"cases": cases}, case_targets(cases, args.quick), report(cases), quick=args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
