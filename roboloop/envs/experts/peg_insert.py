@@ -3,7 +3,9 @@
 Grasp the peg near its top, then servo the *peg's* measured position and yaw (not the gripper's) onto
 the hole while holding a height that goes from clear of the fixture down to inserted as the peg comes
 into alignment. After the grasp the action is a function of the observation alone (no phases), which
-is what behavior cloning can reproduce; a peg that lands off the hole lifts off and realigns, and one
+is what behavior cloning can reproduce, except for an aiming error drawn per episode (up to 6 mm and
+0.08 rad) that the carry follows while the peg is far and that fades out over its last centimetre, so
+the demonstrations show corrections from the few-millimetre misalignments a cloned policy arrives with; a peg that lands off the hole lifts off and realigns, and one
 that falls out of the hand starts the grasp over.
 """
 
@@ -16,6 +18,10 @@ import numpy as np
 
 from roboloop.envs.base import quat_to_yaw
 from roboloop.envs.experts.base import GripperExpert, toward, wrap_to
+
+
+AIM_ERROR = 0.006  # m
+AIM_YAW_ERROR = 0.08  # rad
 
 
 class PegInsertExpert(GripperExpert):
@@ -32,6 +38,10 @@ class PegInsertExpert(GripperExpert):
     def _reset_plan(self) -> None:
         self.phase = self.APPROACH
         self.counter = 0
+        # (dx, dy, dyaw) the carry aims off by until the peg is close (uniform in a 6 mm disc, +-0.08 rad).
+        radius, angle = AIM_ERROR * math.sqrt(self.rng.random()), 2 * math.pi * self.rng.random()
+        self.aim_error = np.array([radius * math.cos(angle), radius * math.sin(angle),
+                                   self.rng.uniform(-AIM_YAW_ERROR, AIM_YAW_ERROR)])
 
     def _plan(self, state: np.ndarray) -> np.ndarray:
         eef, yaw, _ = self.proprio(state)
@@ -72,6 +82,11 @@ class PegInsertExpert(GripperExpert):
         yaw_error = wrap_to(hole_yaw - peg_yaw, math.pi / 2)
         planar = hole[:2] - peg[:2]
         offset = float(np.hypot(*planar))
+        # Aim off by this episode's aiming error while far, fading out from 1 cm to 2 mm: the demonstrations then
+        # arrive a few millimetres off and correct while hovering, the states a cloned policy ends up in.
+        fade = min(max((offset - 0.002) / 0.008, 0.0), 1.0)
+        aim_planar = planar + fade * self.aim_error[:2]
+        aim_yaw_error = yaw_error + fade * self.aim_error[2]
         clear_z = self.fixture_height + 0.015  # peg bottom this high clears the fixture
         goal_z = self.fixture_height - self.insert_depth - 0.005
         inside = peg_bottom < self.fixture_height - 0.001 and offset < self.clearance * 1.5
@@ -79,7 +94,7 @@ class PegInsertExpert(GripperExpert):
         lowering = min(max(2.0 - 2.0 * misalign, 0.0), 1.0)  # 0 at misalign >= 1, 1 at <= 0.5
         target_z = goal_z if inside else clear_z - lowering * (clear_z - goal_z)
         # Move across only once clear of the fixture's top, or when already over the hole.
-        move = planar if (peg_bottom > clear_z - 0.005 or offset < 0.003 or inside) else np.zeros(2)
-        action = self.action(np.array([*move, 0.0]), yaw_error, 1.0, gain=0.8, limit=0.8)
+        move = aim_planar if (peg_bottom > clear_z - 0.005 or offset < 0.003 or inside) else np.zeros(2)
+        action = self.action(np.array([*move, 0.0]), aim_yaw_error, 1.0, gain=0.8, limit=0.8)
         action[2] = toward(np.array([target_z - peg_bottom]), self.max_delta_pos, limit=0.3)[0]
         return action
