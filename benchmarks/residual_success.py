@@ -46,9 +46,9 @@ BASE_INFERENCE_STEPS = 4  # ResidualConfig.base_num_inference_steps: the base as
 #: case -> (base checkpoint, train-residual overrides). The PPO settings are train-residual's defaults (ResiP's,
 #: scaled to 2 cores) unless overridden here.
 CASES: dict[str, tuple[str, list[str]]] = {
-    # The base lands the peg on the fixture's top 7-19 mm off the hole and keeps pressing down (dz about -0.25):
-    # a correction bounded by ResiP's 0.1 can neither lift it nor slide it there, so the head gets 0.5 and a
-    # narrower exploration noise (log std -2: 0.07 in normalized units, about 2 mm per step).
+    # The base (23%) arrives a few millimetres and a few degrees off and rarely corrects its yaw; its retries
+    # press and lift. The head gets 0.25 (ResiP: 0.1) so it can also hold the peg up while aligning, with
+    # exploration noise of log std -1.5 (0.22 x 0.25 in normalized units: about 0.8 mm per step).
     "PegInsert": ("outputs/bench/PegInsert_diffusion/checkpoints/best",
                   ["n_envs=16", "ppo.total_env_steps=1500000", "ppo.eval_every=20", "eval.n_episodes=50",
                    "reward_shaping=10", "residual.scale=0.25", "residual.init_logstd=-1.5"]),
