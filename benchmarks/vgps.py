@@ -1,0 +1,140 @@
+"""Value-guided policy steering (V-GPS): success of diffusion and ACT bases against the number of sampled chunks.
+
+For each task, a critic is trained offline once (``roboloop make-tiers`` ``mixed``, then ``roboloop train-offline
+algo=iql``; its Q-ensemble is the critic) and steers both of the task's bases at deployment: each query samples
+``n`` chunks from the base (``sample_actions``: the diffusion sampler's noise, ACT's CVAE prior) and executes the one
+whose first action the critic scores highest (``roboloop eval ... steer=<critic> n_samples=n``). ``n = 1`` is the
+unsteered base sampling the same way. Every ``n`` of a base runs the same ``--episodes`` seeded episodes.
+
+Tasks and bases (each base is trained here with ``roboloop train-bc`` if its checkpoint is missing; small
+demonstration sets and short training leave room above them):
+
+* ``Lift``: diffusion and ACT from 20 demonstrations;
+* ``PushAround``: diffusion and ACT from 30 demonstrations.
+
+Target: for both tasks and both policies, some ``n`` at which steering raises success by >= 5 points; the issue asks
+for the same ``n`` across them, reported as ``best_common_n`` (the ``n`` with the largest minimum gain).
+
+    .venv/bin/python benchmarks/vgps.py [--tasks Lift,PushAround] [--episodes 100] [--samples 1,4,16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common import REPO_ROOT, Target, finish, markdown_table, parse_args, pct, result_path, target
+
+from roboloop.cli.main import main as roboloop_main
+from roboloop.core.checkpoint import checkpoint_exists
+from roboloop.core.metrics import format_rate
+
+NAME = "vgps"
+MIN_GAIN = 0.05
+EVAL_SEED = 400_000
+#: task -> (demonstrations, {policy: train-bc overrides})
+BASES: dict[str, tuple[int, dict[str, list[str]]]] = {
+    "Lift": (20, {"diffusion": ["train.steps=2000", "policy.n_action_steps=4"],
+                  "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]}),
+    "PushAround": (30, {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"],
+                        "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]}),
+}
+
+
+def extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default=",".join(BASES))
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--samples", default="1,4,16", help="numbers of sampled chunks (1 = unsteered)")
+    parser.add_argument("--critic-steps", type=int, default=30_000, help="IQL updates of each task's critic")
+
+
+def run(args: list[str]) -> None:
+    rc = roboloop_main(args)
+    if rc != 0:
+        raise SystemExit(f"{NAME}: `roboloop {' '.join(args)}` exited with {rc}")
+
+
+def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
+    n_demos, overrides = BASES[task]
+    run_dir = out / f"{task}_{policy}"
+    checkpoint = run_dir / "checkpoints" / "last"
+    if not checkpoint_exists(checkpoint):
+        extra = ["n_demos=4", "train.steps=20", "train.batch_size=16"] if quick else \
+            [f"n_demos={n_demos}", *overrides]
+        run(["train-bc", f"task={task}", f"policy={policy}", f"out_dir={run_dir}", "train.progress=false",
+             "train.eval_every=0", "evaluate=false", "train.resume=true", *extra])
+    return checkpoint
+
+
+def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
+    run_dir = out / f"{task}_critic"
+    if not (run_dir / "critic" / "critic.json").exists():
+        n = 4 if quick else 200
+        run(["make-tiers", f"task={task}", "tiers=[mixed]", f"n_episodes={n}", f"out_dir={out}/tiers/{task}",
+             "progress=false"])
+        run(["train-offline", "algo=iql", f"dataset={out}/tiers/{task}/mixed.hdf5", f"out_dir={run_dir}",
+             f"train.offline_steps={20 if quick else steps}", "train.eval_every=0", "train.progress=false",
+             "eval.n_episodes=1"])
+    return run_dir / "critic"
+
+
+def evaluate(checkpoint: Path, critic: Path, n: int, episodes: int, out_dir: Path) -> dict[str, Any]:
+    run(["eval", f"checkpoint={checkpoint}", f"steer={critic}", f"n_samples={n}", f"n_episodes={episodes}",
+         f"seed={EVAL_SEED}", "n_envs=4", f"out_dir={out_dir}", "progress=false", "video=false"])
+    result = json.loads((out_dir / "eval.json").read_text())
+    return {"success_rate": result["success_rate"], "successes": result["successes"]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv, extra_args)
+    tasks = [t for t in args.tasks.split(",") if t]
+    samples = sorted({int(n) for n in args.samples.split(",")})
+    if 1 not in samples:
+        samples = [1, *samples]
+    episodes = 2 if args.quick else args.episodes
+    out = REPO_ROOT / "outputs" / ("bench_quick" if args.quick else "bench") / NAME
+    stored_path = result_path(NAME, args.quick)
+    cases: dict[str, Any] = json.loads(stored_path.read_text())["figures"]["cases"] if stored_path.exists() else {}
+    for task in tasks:
+        critic = critic_dir(task, out, args.quick, args.critic_steps)
+        for policy in BASES[task][1]:
+            checkpoint = base_checkpoint(task, policy, out, args.quick)
+            curve = {}
+            for n in samples:
+                print(f"{task} {policy} n_samples={n}", file=sys.stderr, flush=True)
+                curve[str(n)] = evaluate(checkpoint, critic, n, episodes, out / f"{task}_{policy}" / f"eval_n{n}")
+            cases[f"{task}_{policy}"] = {"task": task, "policy": policy, "episodes": episodes, "curve": curve}
+    common = [str(n) for n in samples if n > 1 and all(str(n) in c["curve"] for c in cases.values())]
+
+    def gain(case: dict[str, Any], n: str) -> float:
+        return case["curve"][n]["success_rate"] - case["curve"]["1"]["success_rate"]
+
+    best_n = max(common, key=lambda n: min(gain(c, n) for c in cases.values())) if common else None
+    rows = [(name, *(format_rate(c["curve"][str(n)]["successes"], c["episodes"]) if str(n) in c["curve"] else "-"
+                     for n in samples)) for name, c in cases.items()]
+    table = "\n\n".join([
+        f"Success over the same seeded episodes against the number of sampled chunks (1 = unsteered); critics: IQL "
+        f"on each task's `mixed` tier; best common n: {best_n}:",
+        markdown_table(["base", *(f"n={n}" for n in samples)], rows)])
+    targets: list[Target] = []
+    for name, case in cases.items():
+        best = max((n for n in case["curve"] if n != "1"), key=lambda n: gain(case, n), default=None)
+        if args.quick or best is None:
+            targets.append(target(f"evaluated[{name}]", best is not None, "==", True))
+            continue
+        targets.append(target(f"steering_gain[{name}]", round(gain(case, best), 3), ">=", MIN_GAIN,
+                              f"best n={best}: {pct(case['curve']['1']['success_rate'])} -> "
+                              f"{pct(case['curve'][best]['success_rate'])}"))
+    if best_n is not None and not args.quick:
+        targets.append(target("steering_gain_at_best_common_n", round(min(gain(c, best_n) for c in cases.values()), 3),
+                              ">=", MIN_GAIN, f"n={best_n}, the smallest gain over {len(cases)} bases"))
+    return finish(NAME, {"cases": cases, "samples": samples, "best_common_n": best_n}, targets, table,
+                  quick=args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
