@@ -59,6 +59,8 @@ class TrainResidualConfig:
             sparse reward alone). ``Phi = reward_shaping * (sum of the env's shaped terms)``; the optimal policy
             stays the sparse task's (see ``ResidualVecEnv``). For a base that rarely succeeds within a rollout,
             where a sparse reward gives PPO nothing to compare.
+        reward_shaping_terms: Which of the env's shaped terms form ``Phi`` (e.g. ``[align,insert]`` on PegInsert,
+            leaving out the reach term, which only varies while the peg slips in the fingers); None: all.
         env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
             (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
             compute; torch then runs on one CPU thread, leaving the other core to physics (PegInsert, 16 envs, 2
@@ -76,6 +78,7 @@ class TrainResidualConfig:
     n_envs: int = 8
     vectorization: str = "sync"
     reward_shaping: float = 0.0
+    reward_shaping_terms: list[str] | None = None
     env_groups: int = 2
     out_dir: str = "outputs/train_residual/{task}_{mode}"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=50))
@@ -123,7 +126,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
         torch.set_num_threads(1)  # a second torch thread would compete with the physics thread for the cores
     try:
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual,
-                               shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma) for _ in range(cfg.env_groups)]
+                               shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma,
+                               shaping_terms=cfg.reward_shaping_terms) for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
 

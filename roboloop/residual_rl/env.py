@@ -25,9 +25,10 @@ stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode ru
 
 ``shaping > 0`` adds potential-based shaping (Ng et al., 1999) to the task's reward: ``F = gamma * Phi(s') -
 Phi(s)`` with ``Phi = shaping * sum of the env's shaped terms`` (``info["reward_*"]``: reach, align, insert on
-PegInsert) and ``Phi = 0`` after termination. The shaped return differs from the sparse one by ``-Phi(s_0)``, which
-no policy changes, so the optimal policy is the sparse task's (exactly in ``step`` mode, where a wrapper step is
-one env step and ``gamma`` is PPO's); the dense terms only tell PPO which near-misses were nearer.
+PegInsert; ``shaping_terms`` picks some of them) and ``Phi = 0`` after termination. The shaped return differs from
+the sparse one by ``-Phi(s_0)``, which no policy changes, so the optimal policy is the sparse task's (exactly in
+``step`` mode, where a wrapper step is one env step and ``gamma`` is PPO's); the dense terms only tell PPO which
+near-misses were nearer.
 
 A finished episode's last head observation is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``
 (masks ``_final_obs``/``_final_info``), as gymnasium's SAME_STEP vector envs do, so truncation can bootstrap.
@@ -35,7 +36,7 @@ A finished episode's last head observation is in ``infos["final_obs"]`` and its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -72,9 +73,11 @@ class ResidualVecEnv(VectorEnv):
         policy: The residual policy whose head is being trained (its base runs inside the wrapper).
         shaping: Coefficient of the potential-based reward shaping (0: the task's reward alone, ResiP's setting).
         gamma: The discount of the shaping term (PPO's).
+        shaping_terms: Which shaped terms form ``Phi`` (names without ``reward_``; None: all the env reports).
     """
 
-    def __init__(self, envs: VectorEnv, policy: ResidualPolicy, *, shaping: float = 0.0, gamma: float = 0.99) -> None:
+    def __init__(self, envs: VectorEnv, policy: ResidualPolicy, *, shaping: float = 0.0, gamma: float = 0.99,
+                 shaping_terms: Sequence[str] | None = None) -> None:
         if envs.metadata.get("autoreset_mode") != AutoresetMode.DISABLED:
             raise ConfigError("ResidualVecEnv needs an inner vector env with autoreset_mode=AutoresetMode.DISABLED "
                               "(it resets finished sub-envs itself); use make_vector_env")
@@ -110,6 +113,9 @@ class ResidualVecEnv(VectorEnv):
         if shaping < 0 or not 0 < gamma <= 1:
             raise ConfigError(f"shaping must be >= 0 and gamma in (0, 1], got {shaping}, {gamma}")
         self.shaping, self.gamma = float(shaping), float(gamma)
+        self.shaping_terms = None if shaping_terms is None else [f"reward_{t}" for t in shaping_terms]
+        if self.shaping_terms is not None and not self.shaping_terms:
+            raise ConfigError("shaping_terms is empty: name at least one of the env's shaped terms, or pass None")
         self._potential = np.zeros(self.num_envs)  # Phi of each sub-env's current state
 
     # ------------------------------------------------------------------------------ gymnasium API
@@ -261,10 +267,16 @@ class ResidualVecEnv(VectorEnv):
 
     def _potentials(self, infos: dict[str, Any]) -> np.ndarray:
         """Phi (N,) from the sub-envs' shaped reward terms in ``infos`` (rows not reported are 0)."""
-        terms = [key for key in infos if key.startswith("reward_")]
-        if not terms:
+        reported = [key for key in infos if key.startswith("reward_")]
+        if not reported:
             raise ConfigError(f"reward shaping needs the env's shaped reward terms (info['reward_*']); the env reports "
                               f"{sorted(k for k in infos if not k.startswith('_'))}")
+        terms = reported if self.shaping_terms is None else self.shaping_terms
+        missing = sorted(set(terms) - set(reported))
+        if missing:
+            names = [m[len("reward_"):] for m in missing]
+            raise ConfigError(f"shaping_terms {names} are not shaped terms of this env; it reports "
+                              f"{sorted(k[len('reward_'):] for k in reported)}")
         total = np.zeros(self.num_envs)
         for key in terms:
             values = np.asarray(infos[key], dtype=np.float64)

@@ -256,16 +256,20 @@ def test_step_async_then_step_wait_is_step(lift_demos: Path, mode: str, vectoriz
         venv.close()
 
 
-def test_potential_based_shaping_adds_gamma_phi_next_minus_phi(lift_demos: Path) -> None:
-    """reward = sparse + gamma * Phi(s') - Phi(s), Phi = shaping * sum of info['reward_*'], replayed on a plain env."""
+@pytest.mark.parametrize("terms", [None, ["reach"]])
+def test_potential_based_shaping_adds_gamma_phi_next_minus_phi(lift_demos: Path, terms: list[str] | None) -> None:
+    """reward = sparse + gamma * Phi(s') - Phi(s), Phi = shaping * sum of info['reward_*'] (or of the chosen
+    terms), replayed on a plain env."""
     policy = ResidualPolicy.from_base(make_base(lift_demos))  # an MLP base and a zero head: deterministic
-    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=2.0, gamma=0.9)
+    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=2.0, gamma=0.9,
+                          shaping_terms=terms)
     head_obs, _ = venv.reset(seed=[7])
     env = make("Lift")
     _, info = env.reset(seed=7)
+    assert len([k for k in info if k.startswith("reward_")]) > 1  # so picking one term is a real choice
 
-    def phi(terms: dict) -> float:
-        return 2.0 * sum(v for k, v in terms.items() if k.startswith("reward_"))
+    def phi(values: dict) -> float:
+        return 2.0 * sum(v for k, v in values.items() if k.startswith("reward_") and (terms is None or k[7:] in terms))
 
     previous = phi(info)
     for _ in range(10):
@@ -279,3 +283,6 @@ def test_potential_based_shaping_adds_gamma_phi_next_minus_phi(lift_demos: Path)
             break
     with pytest.raises(ConfigError, match="shaping"):
         ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=-1.0)
+    with pytest.raises(ConfigError, match=r"\['depth'\] are not shaped terms"):
+        ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=1.0, shaping_terms=["depth"]).reset(
+            seed=[0])

@@ -2,11 +2,12 @@
 
 Grasp the peg near its top, then servo the *peg's* measured position and yaw (not the gripper's) onto
 the hole while holding a height that goes from clear of the fixture down to inserted as the peg comes
-into alignment. After the grasp the action is a function of the observation alone (no phases), which
-is what behavior cloning can reproduce, except for an aiming error drawn per episode (up to 6 mm and
-0.08 rad) that the carry follows while the peg is far and that fades out over its last centimetre, so
-the demonstrations show corrections from the few-millimetre misalignments a cloned policy arrives with; a peg that lands off the hole lifts off and realigns, and one
-that falls out of the hand starts the grasp over.
+into alignment. After the grasp the action is a function of the observation alone (no phases), which is
+what behavior cloning can reproduce, except for an aiming error drawn per episode (up to 6 mm and 0.08
+rad) that the carry follows while the peg is far and that fades out over its last centimetre, so the
+demonstrations show corrections from the few-millimetre misalignments a cloned policy arrives with; a
+peg that lands off the hole lifts off and realigns, and one that falls out of the hand starts the grasp
+over.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 
 from roboloop.envs.base import quat_to_yaw
 from roboloop.envs.experts.base import GripperExpert, toward, wrap_to
-
 
 AIM_ERROR = 0.006  # m
 AIM_YAW_ERROR = 0.08  # rad
