@@ -32,9 +32,9 @@ class PegInsertEnv(ManipulationEnv):
     add (``gripper_to_cube_pos``): with 0.5 mm per side, a policy that must subtract two absolute positions
     normalized over a 30 cm workspace loses the millimetres the task is about.
     Shaped terms in info: ``reward_reach`` (-distance fingertips to the peg's grasp point),
-    ``reward_align`` (-misalignment: horizontal distance of the peg to the hole plus the half side times the yaw
-    error), ``reward_insert`` (inserted depth
-    as a fraction of ``insert_depth``).
+    ``reward_align`` (-misalignment in centimetres: horizontal distance of the peg to the hole plus the half side
+    times the yaw error), ``reward_insert`` (inserted depth as a fraction of ``insert_depth``, counted only
+    while the misalignment is within 1.5 clearances, i.e. the peg is in the hole rather than tilted on the rim).
 
     Args:
         clearance: Hole side minus peg side, metres (total, not per side). Default 1 mm.
@@ -167,7 +167,9 @@ class PegInsertEnv(ManipulationEnv):
         success = bool(depth >= self.insert_depth and planar < self.hole_half_width and upright > self.MIN_UPRIGHT)
         return success, {
             "reward_reach": -reach,
-            "reward_align": -misalignment,
-            "reward_insert": float(planar < self.hole_half_width) * min(max(depth, 0.0), self.insert_depth)
+            "reward_align": -misalignment / 0.01,
+            # Only a peg aligned to about the clearance is in the hole (inside, the walls bound the misalignment
+            # to ~1.2 clearances); one tilted on the rim also dips below the top.
+            "reward_insert": float(misalignment < 1.5 * self.clearance) * min(max(depth, 0.0), self.insert_depth)
             / self.insert_depth,
         }
