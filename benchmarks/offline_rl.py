@@ -3,7 +3,7 @@
 Cases (``--cases hopper,peginsert``; each case's result is kept in ``benchmarks/results/offline_rl.json`` until it
 is run again):
 
-* ``hopper``: ``roboloop make-tiers task=Hopper-v5 tiers=[medium] n_episodes=200`` (which first trains the
+* ``hopper``: ``roboloop make-tiers task=Hopper-v5 tiers=[medium] n_episodes=1000`` (which first trains the
   stable-baselines3 PPO agent, 1M env steps, cached in ``data/agents/``), then ``roboloop train-offline algo=iql``
   on it with IQL's D4RL locomotion settings (expectile 0.7, temperature 3, rewards scaled by
   1000 / (max - min episode return)) for ``--hopper-steps`` updates, evaluated on 10 episodes. Target: IQL's mean
@@ -47,7 +47,8 @@ EVAL_SEED = 300_000
 
 def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--hopper-steps", type=int, default=200_000, help="IQL updates on Hopper medium")
+    parser.add_argument("--hopper-steps", type=int, default=100_000, help="IQL updates on Hopper medium")
+    parser.add_argument("--hopper-episodes", type=int, default=1000, help="episodes of the Hopper medium tier")
     parser.add_argument("--offline-steps", type=int, default=100_000, help="PegInsert offline updates")
     parser.add_argument("--online-steps", type=int, default=200_000, help="PegInsert online env steps")
     parser.add_argument("--eval-every", type=int, default=10_000, help="PegInsert updates between evaluations")
@@ -63,8 +64,8 @@ def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     quick = args.quick
     agent = AgentConfig(total_env_steps=6144, checkpoint_every=2048, eval_episodes=1,
                         agent_dir=str(out / "agent")) if quick else AgentConfig()
-    tiers = TiersConfig(task="Hopper-v5", tiers=["medium"], n_episodes=4 if quick else 200, agent=agent,
-                        out_dir=str(out / "tiers"), progress=False)
+    tiers = TiersConfig(task="Hopper-v5", tiers=["medium"], n_episodes=4 if quick else args.hopper_episodes,
+                        agent=agent, out_dir=str(out / "tiers"), progress=False)
     make_tiers(tiers)
     dataset = tiers.directory / "medium.hdf5"
     returns = episode_returns(dataset)
