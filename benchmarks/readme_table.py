@@ -133,6 +133,47 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      f"{f['train_return_last10pct']:.0f} / {f['eval_return']:.0f}; "
                      f"{f['env_steps_per_second']:.0f} env steps/s", "≥ 1400 (CleanRL: 1442.6 ± 46 on v4)",
                      _status(r["targets"]), _command("ppo_halfcheetah")))
+    if (r := _load("sac_vs_sb3")) is not None:
+        f = r["figures"]
+        rates = f["gradient_steps_per_second"]
+        rows.append((f"our SAC update ÷ stable-baselines3 SAC, gradient steps/s, same networks {f['hidden_dims']}, "
+                     f"batch {f['batch_size']}, {f['torch_threads']} torch threads (commit {r['commit']}); our RLPD "
+                     f"update (10 LayerNorm critics) for reference",
+                     f"{f['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
+                     f"{f['rlpd_over_sb3']:.2f}x", "≥ 1.5x", _status(r["targets"]), _command("sac_vs_sb3")))
+    if (r := _load("offline_rl")) is not None:
+        rows += _offline_rows(r)
+    if (r := _load("vgps")) is not None:
+        cases = r["figures"]["cases"]
+
+        def curve(case: dict[str, Any]) -> str:
+            return ", ".join(f"n={n}: {100 * c['success_rate']:.0f}%" for n, c in case["curve"].items())
+
+        episodes = next(iter(cases.values()))["episodes"]
+        rows.append((f"V-GPS steering: success vs sampled chunks (n=1 unsteered), {episodes} episodes each (commit "
+                     f"{r['commit']})", "; ".join(f"{name} {curve(case)}" for name, case in cases.items()),
+                     "+5 points for every base at one n", _status(r["targets"]), _command("vgps")))
+    return rows
+
+
+def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    cases = r["figures"]["cases"]
+    if "hopper" in cases:
+        h = cases["hopper"]
+        rows.append((f"IQL on Hopper-v5 `medium` ({h['episodes']} episodes of an SB3 PPO snapshot trained here), "
+                     f"{h['updates']:,} updates, {h['eval_episodes']} evaluation episodes (commit {r['commit']})",
+                     f"IQL {h['iql_mean_return']:.0f} vs behavior data {h['behavior_mean_return']:.0f}",
+                     "≥ behavior", _status(_by_target(r, "iql_minus_behavior_return")), _command("offline_rl")))
+    if "peginsert" in cases:
+        p = cases["peginsert"]
+        value = "; ".join(f"{algo}: offline {100 * a['offline_success']:.0f}% -> {100 * a['final_success']:.0f}%, "
+                          f"lowest in the first 20k {100 * a['min_success_first_20k']:.0f}%"
+                          for algo, a in p["algorithms"].items() if a["min_success_first_20k"] is not None)
+        rows.append((f"PegInsert `mixed`: offline, then {p['online_env_steps']:,} online env steps (commit "
+                     f"{r['commit']})", value, "+20 points; dip ≤ 10 points in the first 20k",
+                     _status(_by_target(r, "online_gain") + _by_target(r, "dip_first_20k")),
+                     _command("offline_rl") + " `--cases peginsert`"))
     return rows
 
 
@@ -206,7 +247,7 @@ def _noise_table() -> str:
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
                               "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
-                              "ppo_halfcheetah")
+                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
