@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -71,6 +72,7 @@ def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     returns = episode_returns(dataset)
     scale = 1000.0 / max(float(returns.max() - returns.min()), 1e-6)  # IQL's locomotion reward normalization
     steps = 200 if quick else args.hopper_steps
+    shutil.rmtree(out / "iql", ignore_errors=True)  # a fresh run each time (train-offline refuses to overwrite one)
     cfg = TrainOfflineConfig(algo="iql", dataset=str(dataset), reward_scale=scale,
                              train=OffPolicyConfig(offline_steps=steps, eval_every=steps // 4, checkpoint_every=steps,
                                                    log_every=max(steps // 20, 1), progress=False),
@@ -100,6 +102,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"dataset": str(dataset), "offline_steps": offline_steps, "online_env_steps": online_steps,
                               "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
     for algo in ("calql", "iql"):
+        for run_dir in (out / algo, out / f"{algo}_online"):
+            shutil.rmtree(run_dir, ignore_errors=True)
         base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo),
                                   train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,
                                                         checkpoint_every=eval_every, log_every=max(eval_every // 10, 1),
