@@ -148,7 +148,9 @@ def _agent_sources(cfg: TiersConfig) -> Sources:
     index = train_agent(cfg.task, cfg.agent, cfg.seed, progress=cfg.progress)
     picked = pick_snapshots(index, cfg.agent.medium_fraction)
     directory = agent_directory(cfg.task, cfg.agent, cfg.seed)
-    action_space = make(cfg.task, **cfg.env_kwargs).action_space
+    probe = make(cfg.task, **cfg.env_kwargs)
+    action_space = probe.action_space
+    probe.close()
 
     def snapshot(source: str) -> tuple[float, Callable[[], Actor], str]:
         chosen = picked[source]
