@@ -256,9 +256,10 @@ def collect(cfg: CollectConfig, actors: Sequence[Actor] | None = None, policy_id
                 attempted += 1
                 successes += success
                 if (success or not cfg.success_only) and written < cfg.n_episodes:
-                    writer.append(rec.finish(success, policy_id, cfg.source))
+                    episode = rec.finish(success, policy_id, cfg.source)
+                    writer.append(episode)
                     written += 1
-                    total_return += float(np.sum(rec.rewards))
+                    total_return += episode.attrs["return"]
                     bar.update(1)
                     bar.set_postfix(success=f"{successes / attempted:.0%}")
                 recordings[i] = None

@@ -23,7 +23,7 @@ import numpy as np
 from gymnasium import spaces
 
 from roboloop.core.errors import StateError
-from roboloop.envs.base import STATE_KEY, check_reset_options
+from roboloop.envs.base import STATE_KEY, check_action, check_reset_options
 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
@@ -43,6 +43,7 @@ class LocomotionAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.state_dim = int(np.prod(inner_space.shape))
         self.observation_space = spaces.Dict({STATE_KEY: spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)})
         self.action_space = self._inner.action_space
+        self._action_layout = ", ".join(f"torque{i}" for i in range(self.action_space.shape[0]))
         self._state_size = mujoco.mj_stateSize(self.model, _STATE_SPEC)
         self._started = False
 
@@ -69,10 +70,7 @@ class LocomotionAdapter(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if not self._started:
             raise RuntimeError(f"{self.task_name}: call reset() before step()")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape or not np.isfinite(action).all():
-            raise ValueError(f"{self.task_name}: action must be finite with shape {self.action_space.shape}, got "
-                             f"shape {action.shape}")
+        action = check_action(self.task_name, action, self._action_layout)
         obs, reward, terminated, truncated, info = self._inner.step(action)
         return self._obs(obs), float(reward), bool(terminated), bool(truncated), {**info, "is_success": False}
 
