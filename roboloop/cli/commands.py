@@ -126,6 +126,41 @@ def run_info(cfg: InfoConfig) -> int:
 
 
 @dataclass
+class ExportMinariConfig:
+    """``roboloop export-minari FILE dataset_id=roboloop/peginsert-mixed-v0``: an episode file as a Minari dataset.
+
+    The dataset keeps the env's id and spaces (``minari.load_dataset(id).recover_environment()`` rebuilds the
+    env once roboloop is imported) and ``terminations``/``truncations`` apart; image observations are left out.
+    ``roboloop train-offline dataset=minari:<dataset_id>`` reads it back (as it reads Minari's own datasets).
+
+    Attributes:
+        file: Episode file (e.g. from ``roboloop make-tiers``).
+        dataset_id: Minari id, ``namespace/name-vN``.
+        root: Minari's datasets directory (default: ``MINARI_DATASETS_PATH``, else ``~/.minari/datasets``).
+        description: The dataset's description (default: names the file).
+    """
+
+    file: str = ""
+    dataset_id: str = ""
+    root: str | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.file or not self.dataset_id:
+            raise ConfigError("export-minari needs an episode file and a dataset id: roboloop export-minari FILE "
+                              "dataset_id=namespace/name-v0")
+
+
+def run_export_minari(cfg: ExportMinariConfig) -> int:
+    from roboloop.datasets.minari_io import export_minari
+
+    dataset = export_minari(cfg.file, cfg.dataset_id, root=cfg.root, description=cfg.description)
+    print(f"Minari dataset {cfg.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps "
+          f"(from {cfg.file}); train on it with roboloop train-offline dataset=minari:{cfg.dataset_id}")
+    return 0
+
+
+@dataclass
 class QuickstartConfig:
     """``roboloop quickstart``: the main pipeline on the default task, end to end, with a report.
 

@@ -29,13 +29,14 @@ from roboloop.envs.evaluation import EvalConfig
 from roboloop.offline_rl.calql import CalQL, CalQLConfig
 from roboloop.offline_rl.iql import IQL, IQLConfig
 from roboloop.offline_rl.policy import RLActorConfig, RLActorPolicy, save_critic
-from roboloop.offline_rl.replay import replay_from_store
+from roboloop.offline_rl.replay import ReplayBuffer, replay_from_store
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
 from roboloop.utils.io import write_json
 
 logger = logging.getLogger(__name__)
 ALGOS = ("iql", "calql", "rlpd")
+MINARI_PREFIX = "minari:"
 
 
 @dataclass
@@ -44,7 +45,9 @@ class TrainOfflineConfig:
 
     Attributes:
         algo: ``iql``, ``calql`` (Cal-QL; ``calql.calibrated=false`` is CQL) or ``rlpd`` (SAC with RLPD's choices).
-        dataset: Episode file with rewards (e.g. from ``roboloop make-tiers``).
+        dataset: Episode file with rewards (e.g. from ``roboloop make-tiers``), or ``minari:<dataset id>`` for a
+            local Minari dataset (``MINARI_DATASETS_PATH``; its Box or Dict-of-Box observations are matched to the
+            task's by their flat size).
         init: A previous run's directory whose agent this run starts from (``finetune-online``).
         task: Task for evaluation and online steps (default: the dataset's).
         env_kwargs: Env constructor arguments on top of the dataset's.
@@ -93,6 +96,32 @@ def _dataset_task(path: Path) -> tuple[str, dict[str, Any]]:
     return task, dict(env_args.get("env_kwargs", {}))
 
 
+def _offline_data(cfg: TrainOfflineConfig) -> tuple[ReplayBuffer, str, dict[str, Any]]:
+    """The dataset's transitions, task and env kwargs: from an episode file, or from a Minari dataset."""
+    gamma = _algo_config(cfg).gamma
+    if not cfg.dataset.startswith(MINARI_PREFIX):
+        path = Path(cfg.dataset)
+        task, kwargs = _dataset_task(path)
+        return replay_from_store(path, gamma=gamma, reward_scale=cfg.reward_scale,
+                                 reward_bias=cfg.reward_bias), task, kwargs
+    from roboloop.datasets.minari_io import minari_env_id, replay_from_minari
+
+    dataset_id = cfg.dataset[len(MINARI_PREFIX):]
+    task = cfg.task or minari_env_id(dataset_id)
+    if task is None:
+        raise DatasetError(f"Minari dataset {dataset_id!r} records no env: pass task=...")
+    buffer = replay_from_minari(dataset_id, gamma=gamma, reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
+    if buffer.obs_keys is None:  # a Box dataset (e.g. Minari's mujoco/*): it is the task's one low-dim key
+        probe = gym.make(task_info(task).env_id, **cfg.env_kwargs)
+        keys = [k for k, s in probe.observation_space.spaces.items() if len(s.shape) < 3]
+        probe.close()
+        if len(keys) != 1:
+            raise InputError(f"Minari dataset {dataset_id!r} has flat (Box) observations, but {task} observes "
+                             f"{keys}: which parts are which is ambiguous")
+        buffer.obs_keys = keys
+    return buffer, task, {}
+
+
 def _flat_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     return gym.wrappers.FlattenObservation(gym.make(env_id, **env_kwargs))
 
@@ -112,20 +141,18 @@ def _algo_config(cfg: TrainOfflineConfig) -> IQLConfig | CalQLConfig | SACConfig
 
 
 def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
-    dataset = Path(cfg.dataset)
-    data_task, data_kwargs = _dataset_task(dataset)
+    dataset = cfg.dataset
+    offline, data_task, data_kwargs = _offline_data(cfg)
     task = task_info(cfg.task or data_task).name
     env_kwargs = {**data_kwargs, **cfg.env_kwargs}
-    offline = replay_from_store(dataset, gamma=_algo_config(cfg).gamma, reward_scale=cfg.reward_scale,
-                                reward_bias=cfg.reward_bias)
     if offline.obs_keys is None:
-        raise DatasetError(f"{str(dataset)!r}: no observation keys")
+        raise DatasetError(f"{dataset!r}: no observation keys")
     probe = gym.make(task_info(task).env_id, **env_kwargs)
     spec = PolicySpec.from_env(probe, obs_keys=offline.obs_keys, n_obs_steps=1, horizon=1, n_action_steps=1)
     probe.close()
     spec_dims = (spec.flat_dim(), spec.action_dim)
     if spec_dims != (offline.obs_dim, offline.action_dim):
-        raise InputError(f"{str(dataset)!r} has (observation, action) dims {(offline.obs_dim, offline.action_dim)}; "
+        raise InputError(f"{dataset!r} has (observation, action) dims {(offline.obs_dim, offline.action_dim)}; "
                          f"{task}'s spaces give {spec_dims}")
 
     torch.manual_seed(cfg.train.seed)
@@ -144,7 +171,7 @@ def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
     evaluate_policy = evaluation_fn(task, cfg.eval, env_kwargs)
     trainer = OffPolicyTrainer(agent, offline, cfg.train, out_dir, envs=envs,
                                evaluate_fn=lambda _actor, updates: evaluate_policy(policy, updates),
-                               meta={"task": task, "algo": cfg.algo, "dataset": str(dataset)})
+                               meta={"task": task, "algo": cfg.algo, "dataset": dataset})
     try:
         result = trainer.learn()
     finally:

@@ -103,23 +103,42 @@ def _flatten(space: gym.Space, observations: Any) -> np.ndarray:
     return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
 
 
-def replay_from_minari(dataset_id: str, *, root: str | Path | None = None, gamma: float | None = 0.99
-                       ) -> ReplayBuffer:
-    """Every transition of a local Minari dataset in a ``ReplayBuffer`` (returns-to-go discounted by ``gamma``)."""
+def _load(minari: Any, dataset_id: str) -> Any:
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as err:  # minari raises FileNotFoundError / ValueError for unknown ids
+        raise DatasetError(f"cannot load Minari dataset {dataset_id!r}: {err}") from err
+
+
+def minari_env_id(dataset_id: str, *, root: str | Path | None = None) -> str | None:
+    """The id of the env a local Minari dataset was recorded in (None when it records none)."""
     minari = _minari()
     with _datasets_root(root):
-        try:
-            dataset = minari.load_dataset(dataset_id)
-        except Exception as err:  # minari raises FileNotFoundError / ValueError for unknown ids
-            raise DatasetError(f"cannot load Minari dataset {dataset_id!r}: {err}") from err
+        env_spec = _load(minari, dataset_id).spec.env_spec
+    return None if env_spec is None else env_spec.id
+
+
+def replay_from_minari(dataset_id: str, *, root: str | Path | None = None, gamma: float | None = 0.99,
+                       reward_scale: float = 1.0, reward_bias: float = 0.0) -> ReplayBuffer:
+    """Every transition of a local Minari dataset in a ``ReplayBuffer`` (returns-to-go discounted by ``gamma``),
+    rewards as ``reward_scale * r + reward_bias`` (as ``replay_from_store``). A ``Dict`` dataset's buffer records
+    its keys (sorted, the order they are concatenated in) as ``obs_keys``; a ``Box`` dataset's records none."""
+    minari = _minari()
+    with _datasets_root(root):
+        dataset = _load(minari, dataset_id)
         _check_spaces(dataset, dataset_id)
+        space = dataset.observation_space
+        keys = sorted(space.spaces) if isinstance(space, gym.spaces.Dict) else None
         buffer: ReplayBuffer | None = None
         for episode in dataset.iterate_episodes():
-            obs = _flatten(dataset.observation_space, episode.observations)
+            obs = _flatten(space, episode.observations)
             actions = np.asarray(episode.actions, dtype=np.float32).reshape(len(episode.rewards), -1)
-            rewards = np.asarray(episode.rewards, dtype=np.float64)
+            rewards = reward_scale * np.asarray(episode.rewards, dtype=np.float64) + reward_bias
+            if not np.isfinite(rewards).all():
+                raise DatasetError(f"Minari dataset {dataset_id!r}: episode {episode.id}'s rewards contain NaN or "
+                                   f"inf; RL learns from rewards")
             if buffer is None:
-                buffer = ReplayBuffer(obs.shape[1], actions.shape[1], dataset.total_steps)
+                buffer = ReplayBuffer(obs.shape[1], actions.shape[1], dataset.total_steps, keys)
             mc = discounted_returns(rewards, gamma) if gamma is not None else None
             buffer.add(obs[:-1], actions, rewards, obs[1:], np.asarray(episode.terminations, dtype=bool),
                        np.asarray(episode.truncations, dtype=bool), mc)

@@ -3,6 +3,7 @@ unsupported spaces are refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -69,3 +70,28 @@ def test_a_dataset_made_by_minari_loads_and_bad_spaces_are_refused(tmp_path: Pat
         replay_from_minari("test/cartpole-v0", root=tmp_path)
     with pytest.raises(DatasetError, match="cannot load"):
         replay_from_minari("test/absent-v0", root=tmp_path)
+
+
+def test_cli_exports_and_train_offline_reads_minari_ids(lift_demos: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`roboloop export-minari` then `train-offline dataset=minari:<id>` (the env found from the dataset); a Box
+    dataset made by Minari's own tools for a locomotion task trains too, and one whose size does not fit is refused."""
+    from roboloop.cli.main import main
+    from roboloop.envs.registration import register_all
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    assert main(["export-minari", str(lift_demos), "dataset_id=roboloop/lift-cli-v0"]) == 0
+    tiny = ["train.offline_steps=4", "train.batch_size=8", "train.eval_every=0", "train.progress=false",
+            "eval.n_episodes=1", "actor_hidden_dims=[8]", "iql.hidden_dims=[8]"]
+    assert main(["train-offline", "dataset=minari:roboloop/lift-cli-v0", f"out_dir={tmp_path / 'lift'}", *tiny]) == 0
+    assert json.loads((tmp_path / "lift" / "history.json").read_text())[-1]["updates"] == 4
+
+    register_all()
+    env = gym.make("Hopper-v5", max_episode_steps=8)  # gymnasium's own Hopper: a flat Box observation
+    minari.create_dataset_from_buffers("test/hopper-v0", random_buffers(env, 2), env=env.spec, eval_env=env.spec)
+    assert main(["train-offline", "dataset=minari:test/hopper-v0", f"out_dir={tmp_path / 'hopper'}", *tiny]) == 0
+    capsys.readouterr()
+    assert main(["train-offline", "dataset=minari:test/hopper-v0", "task=HalfCheetah-v5",
+                 f"out_dir={tmp_path / 'cheetah'}", *tiny]) == 2
+    assert "(observation, action) dims (11, 3)" in capsys.readouterr().err  # HalfCheetah's are (17, 6)
