@@ -61,6 +61,10 @@ class TrainResidualConfig:
             where a sparse reward gives PPO nothing to compare.
         reward_shaping_terms: Which of the env's shaped terms form ``Phi`` (e.g. ``[align,insert]`` on PegInsert,
             leaving out the reach term, which only varies while the peg slips in the fingers); None: all.
+        reward_shaping_mode: ``potential`` (above) or ``dense``: ``reward_shaping * Phi(s')`` added at every step,
+            a dense objective of its own (see ``ResidualVecEnv``).
+        reward_shaping_floor: Clip each shaped term below at minus this (None: unclipped), so only states near
+            the goal are told apart.
         env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
             (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
             compute; torch then runs on one CPU thread, leaving the other core to physics (PegInsert, 16 envs, 2
@@ -79,6 +83,8 @@ class TrainResidualConfig:
     vectorization: str = "sync"
     reward_shaping: float = 0.0
     reward_shaping_terms: list[str] | None = None
+    reward_shaping_mode: str = "potential"
+    reward_shaping_floor: float | None = None
     env_groups: int = 2
     out_dir: str = "outputs/train_residual/{task}_{mode}"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=50))
@@ -127,7 +133,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     try:
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual,
                                shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma,
-                               shaping_terms=cfg.reward_shaping_terms) for _ in range(cfg.env_groups)]
+                               shaping_terms=cfg.reward_shaping_terms, shaping_mode=cfg.reward_shaping_mode,
+                               shaping_floor=cfg.reward_shaping_floor) for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
 

@@ -51,6 +51,9 @@ from roboloop.envs.executor import ChunkExecutor
 from roboloop.residual_rl.policy import ResidualPolicy
 
 
+SHAPING_MODES = ("potential", "dense")
+
+
 def env_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
     """Sub-env ``i``'s own info dict out of a vector env's batched ``infos`` (keys whose mask is set for it)."""
     out: dict[str, Any] = {}
@@ -71,13 +74,22 @@ class ResidualVecEnv(VectorEnv):
     Args:
         envs: Roboloop vector env with ``AutoresetMode.DISABLED`` whose spaces fit the base's spec.
         policy: The residual policy whose head is being trained (its base runs inside the wrapper).
-        shaping: Coefficient of the potential-based reward shaping (0: the task's reward alone, ResiP's setting).
+        shaping: Coefficient of the reward shaping (0: the task's reward alone, ResiP's setting).
         gamma: The discount of the shaping term (PPO's).
         shaping_terms: Which shaped terms form ``Phi`` (names without ``reward_``; None: all the env reports).
+        shaping_mode: ``potential``: ``reward + gamma * Phi(s') - Phi(s)`` (Ng et al. 1999), which leaves the
+            optimal policy the task's; once the critic has learned ``-Phi`` the advantages are the sparse task's
+            again, so it mostly helps early. ``dense``: ``reward + Phi(s')`` at every step, a dense objective of
+            its own: with terms that are costs (<= 0, e.g. PegInsert's misalignment) and episodes that end on
+            success, it asks for the same thing sooner, and a correction keeps paying in every later step.
+        shaping_floor: Each term is clipped below at ``-shaping_floor`` (None: not clipped), so that states far
+            from the goal all weigh the same and the shaping only tells apart the ones near it (PegInsert's
+            ``align`` is in cm: a floor of 1 counts only the last centimetre).
     """
 
     def __init__(self, envs: VectorEnv, policy: ResidualPolicy, *, shaping: float = 0.0, gamma: float = 0.99,
-                 shaping_terms: Sequence[str] | None = None) -> None:
+                 shaping_terms: Sequence[str] | None = None, shaping_mode: str = "potential",
+                 shaping_floor: float | None = None) -> None:
         if envs.metadata.get("autoreset_mode") != AutoresetMode.DISABLED:
             raise ConfigError("ResidualVecEnv needs an inner vector env with autoreset_mode=AutoresetMode.DISABLED "
                               "(it resets finished sub-envs itself); use make_vector_env")
@@ -116,6 +128,11 @@ class ResidualVecEnv(VectorEnv):
         self.shaping_terms = None if shaping_terms is None else [f"reward_{t}" for t in shaping_terms]
         if self.shaping_terms is not None and not self.shaping_terms:
             raise ConfigError("shaping_terms is empty: name at least one of the env's shaped terms, or pass None")
+        if shaping_mode not in SHAPING_MODES:
+            raise ConfigError(f"shaping_mode must be one of {', '.join(SHAPING_MODES)}, got {shaping_mode!r}")
+        if shaping_floor is not None and not shaping_floor > 0:
+            raise ConfigError(f"shaping_floor must be > 0 or None, got {shaping_floor}")
+        self.shaping_mode, self.shaping_floor = shaping_mode, shaping_floor
         self._potential = np.zeros(self.num_envs)  # Phi of each sub-env's current state
 
     # ------------------------------------------------------------------------------ gymnasium API
@@ -123,7 +140,7 @@ class ResidualVecEnv(VectorEnv):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         obs, infos = self.envs.reset(seed=seed, options=options)
         self._check(obs, None, np.arange(self.num_envs))
-        if self.shaping:
+        if self.shaping and self.shaping_mode == "potential":
             self._potential[:] = self._potentials(infos)
         self.executor.reset()
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
@@ -226,7 +243,9 @@ class ResidualVecEnv(VectorEnv):
         obs, rewards, terminated, truncated, infos = stepped
         rewards = np.asarray(rewards, dtype=np.float64)
         self._check(obs, rewards, np.arange(self.num_envs))
-        if self.shaping:
+        if self.shaping and self.shaping_mode == "dense":
+            rewards = rewards + self._potentials(infos)
+        elif self.shaping:
             potential = np.where(np.asarray(terminated), 0.0, self._potentials(infos))
             rewards = rewards + self.gamma * potential - self._potential
             self._potential = potential
@@ -254,7 +273,7 @@ class ResidualVecEnv(VectorEnv):
             mask[finished] = True
             new_obs, reset_infos = self.envs.reset(options={"reset_mask": mask})
             self._check(new_obs, None, finished)
-            if self.shaping:
+            if self.shaping and self.shaping_mode == "potential":
                 self._potential[finished] = self._potentials(reset_infos)[finished]
             for k in self._raw_obs:
                 self._raw_obs[k][finished] = np.asarray(new_obs[k])[finished]
@@ -266,7 +285,8 @@ class ResidualVecEnv(VectorEnv):
         return rewards, np.asarray(terminated), np.asarray(truncated), done
 
     def _potentials(self, infos: dict[str, Any]) -> np.ndarray:
-        """Phi (N,) from the sub-envs' shaped reward terms in ``infos`` (rows not reported are 0)."""
+        """Phi (N,) from the sub-envs' shaped reward terms in ``infos``, each clipped below at ``-shaping_floor``
+        (rows not reported are 0)."""
         reported = [key for key in infos if key.startswith("reward_")]
         if not reported:
             raise ConfigError(f"reward shaping needs the env's shaped reward terms (info['reward_*']); the env reports "
@@ -280,6 +300,8 @@ class ResidualVecEnv(VectorEnv):
         total = np.zeros(self.num_envs)
         for key in terms:
             values = np.asarray(infos[key], dtype=np.float64)
+            if self.shaping_floor is not None:
+                values = np.maximum(values, -self.shaping_floor)
             total += np.where(infos.get(f"_{key}", np.ones(self.num_envs, dtype=bool)), values, 0.0)
         return self.shaping * total
 

@@ -286,3 +286,30 @@ def test_potential_based_shaping_adds_gamma_phi_next_minus_phi(lift_demos: Path,
     with pytest.raises(ConfigError, match=r"\['depth'\] are not shaped terms"):
         ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=1.0, shaping_terms=["depth"]).reset(
             seed=[0])
+
+
+def test_dense_shaping_adds_the_floored_terms_of_the_next_state(lift_demos: Path) -> None:
+    """shaping_mode=dense: reward = sparse + shaping * sum(max(term(s'), -floor)), replayed on a plain env; the floor
+    really clips (Lift's reach term starts below it)."""
+    policy = ResidualPolicy.from_base(make_base(lift_demos))
+    floor = 0.05
+    venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=2.0, shaping_terms=["reach"],
+                          shaping_mode="dense", shaping_floor=floor)
+    venv.reset(seed=[7])
+    env = make("Lift")
+    _, info = env.reset(seed=7)
+    assert info["reward_reach"] < -floor
+    clipped = 0
+    for _ in range(10):
+        action = venv._env_actions(np.zeros((1, 5), np.float32))[0]
+        _, shaped, terminated, truncated, _ = venv.step(np.zeros((1, 5), np.float32))
+        _, sparse, _, _, info = env.step(action)
+        clipped += info["reward_reach"] < -floor
+        assert shaped[0] == pytest.approx(sparse + 2.0 * max(info["reward_reach"], -floor), abs=1e-9)
+        if terminated[0] or truncated[0]:
+            break
+    assert clipped > 0
+    with pytest.raises(ConfigError, match="shaping_mode"):
+        ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=1.0, shaping_mode="sum")
+    with pytest.raises(ConfigError, match="shaping_floor"):
+        ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy, shaping=1.0, shaping_floor=0.0)
