@@ -50,7 +50,6 @@ from roboloop.core.spec import PolicySpec
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.residual_rl.policy import ResidualPolicy
 
-
 SHAPING_MODES = ("potential", "dense")
 
 
