@@ -59,7 +59,7 @@ def run(args: list[str]) -> None:
 
 
 def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
-    n_demos, overrides = BASES[task]
+    n_demos, overrides = BASES[task][0], BASES[task][1][policy]
     run_dir = out / f"{task}_{policy}"
     checkpoint = run_dir / "checkpoints" / "last"
     if not checkpoint_exists(checkpoint):
