@@ -6,11 +6,13 @@ algo=iql``; its Q-ensemble is the critic) and steers both of the task's bases at
 whose first action the critic scores highest (``roboloop eval ... steer=<critic> n_samples=n``). ``n = 1`` is the
 unsteered base sampling the same way. Every ``n`` of a base runs the same ``--episodes`` seeded episodes.
 
-Tasks and bases (each base is trained here with ``roboloop train-bc`` if its checkpoint is missing; small
-demonstration sets and short training leave room above them):
+Tasks and bases: each base is trained here with ``roboloop train-bc dataset=<the task's medium tier>`` if its
+checkpoint is missing: demonstrations of the scripted expert with the tier's action noise (about half succeed),
+the mixed-quality data that V-GPS's generalist policies learn from, so that the sampled chunks differ and some are
+better than others. (Bases cloned from clean expert demonstrations sample nearly the same chunk every time: ACT's
+decoder learns to ignore its latent, and steering them changed nothing, 69/69/70% and 20/20/20% on Lift.)
 
-* ``Lift``: diffusion and ACT from 20 demonstrations;
-* ``PushAround``: diffusion and ACT from 30 demonstrations.
+* ``Lift`` and ``PushAround``, each with a diffusion and an ACT base.
 
 Target: for both tasks and both policies, some ``n`` at which steering raises success by >= 5 points; the issue asks
 for the same ``n`` across them, reported as ``best_common_n`` (the ``n`` with the largest minimum gain).
@@ -36,12 +38,12 @@ from roboloop.core.metrics import format_rate
 NAME = "vgps"
 MIN_GAIN = 0.05
 EVAL_SEED = 400_000
-#: task -> (demonstrations, {policy: train-bc overrides})
-BASES: dict[str, tuple[int, dict[str, list[str]]]] = {
-    "Lift": (20, {"diffusion": ["train.steps=2000", "policy.n_action_steps=4"],
-                  "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]}),
-    "PushAround": (30, {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"],
-                        "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]}),
+#: task -> {policy: train-bc overrides}
+BASES: dict[str, dict[str, list[str]]] = {
+    "Lift": {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"],
+             "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]},
+    "PushAround": {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"],
+                   "act": ["train.steps=3000", "train.batch_size=64", "policy.n_action_steps=4"]},
 }
 
 
@@ -58,25 +60,30 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"{NAME}: `roboloop {' '.join(args)}` exited with {rc}")
 
 
+def tiers(task: str, out: Path, quick: bool) -> Path:
+    """The task's ``medium`` (the bases' data) and ``mixed`` (the critic's) tiers, made once."""
+    directory = out / "tiers" / task
+    if not all((directory / f"{tier}.hdf5").exists() for tier in ("medium", "mixed")):
+        run(["make-tiers", f"task={task}", "tiers=[medium,mixed]", f"n_episodes={4 if quick else 200}",
+             f"out_dir={directory}", "progress=false"])
+    return directory
+
+
 def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
-    n_demos, overrides = BASES[task][0], BASES[task][1][policy]
     run_dir = out / f"{task}_{policy}"
     checkpoint = run_dir / "checkpoints" / "last"
     if not checkpoint_exists(checkpoint):
-        extra = ["n_demos=4", "train.steps=20", "train.batch_size=16"] if quick else \
-            [f"n_demos={n_demos}", *overrides]
-        run(["train-bc", f"task={task}", f"policy={policy}", f"out_dir={run_dir}", "train.progress=false",
-             "train.eval_every=0", "evaluate=false", "train.resume=true", *extra])
+        extra = ["train.steps=20", "train.batch_size=16"] if quick else BASES[task][policy]
+        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={tiers(task, out, quick) / 'medium.hdf5'}",
+             f"out_dir={run_dir}", "train.progress=false", "train.eval_every=0", "evaluate=false",
+             "train.resume=true", *extra])
     return checkpoint
 
 
 def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
     run_dir = out / f"{task}_critic"
     if not (run_dir / "critic" / "critic.json").exists():
-        n = 4 if quick else 200
-        run(["make-tiers", f"task={task}", "tiers=[mixed]", f"n_episodes={n}", f"out_dir={out}/tiers/{task}",
-             "progress=false"])
-        run(["train-offline", "algo=iql", f"dataset={out}/tiers/{task}/mixed.hdf5", f"out_dir={run_dir}",
+        run(["train-offline", "algo=iql", f"dataset={tiers(task, out, quick) / 'mixed.hdf5'}", f"out_dir={run_dir}",
              f"train.offline_steps={20 if quick else steps}", "train.eval_every=0", "train.progress=false",
              "eval.n_episodes=1"])
     return run_dir / "critic"
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases: dict[str, Any] = json.loads(stored_path.read_text())["figures"]["cases"] if stored_path.exists() else {}
     for task in tasks:
         critic = critic_dir(task, out, args.quick, args.critic_steps)
-        for policy in BASES[task][1]:
+        for policy in BASES[task]:
             checkpoint = base_checkpoint(task, policy, out, args.quick)
             curve = {}
             for n in samples:
