@@ -9,6 +9,11 @@ passed to ``reset(options={"state": ...})``; also an intact file with one corrup
 chunk (the corruption only shows when that frame is read, e.g. while sampling); each for our env
 and a Fetch adapter where it applies.
 
+Residual RL (issue 4): a base checkpoint whose spec does not fit the env (CLI ``train-residual``), residual
+actions with NaN, a NaN observation from the env, a residual checkpoint loaded without its base. Offline RL
+(issue 5): a dataset without rewards (CLI ``train-offline``), a dataset whose spaces do not fit the env (CLI),
+a Minari dataset with an unsupported (Discrete) action space.
+
 A case passes when
 
 * API: an exception is raised, it is a roboloop error or a ``ValueError`` (not an internal
@@ -22,6 +27,7 @@ Why: a user who passes something wrong must learn what and where from the first 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import h5py
 import numpy as np
 from common import REPO_ROOT, Target, finish, markdown_table, parse_args, target
@@ -140,6 +147,93 @@ def reset_with_state(task: str, state: np.ndarray) -> None:
         env.close()
 
 
+def tiny_base(real: Path, directory: Path) -> Path:
+    """A (barely trained) MLP BC checkpoint of ``real``'s task: what a residual refines."""
+    from roboloop.core.checkpoint import checkpoint_exists
+
+    args = [str(ROBOLOOP_CLI), "train-bc", "policy=mlp", f"dataset={real}", f"out_dir={directory}", "train.steps=2",
+            "train.batch_size=4", "train.eval_every=0", "train.progress=false", "evaluate=false",
+            "policy.hidden_dims=[8]"]
+    subprocess.run(args, capture_output=True, check=True, timeout=300)
+    checkpoint = directory / "checkpoints" / "last"
+    assert checkpoint_exists(checkpoint), checkpoint
+    return checkpoint
+
+
+class NaNObservation(gym.Wrapper):
+    """Lift whose observation turns NaN after the first step: a broken simulator or sensor."""
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = {k: np.full_like(v, np.nan) if k == "observation.state" else v for k, v in obs.items()}
+        return obs, reward, terminated, truncated, info
+
+
+def residual_step(base: Path, action: np.ndarray | None = None) -> None:
+    """One step of a residual env around ``base``: NaN head actions (``action``), or a NaN observation."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    from roboloop.core.policy import Policy
+    from roboloop.residual_rl import ResidualPolicy, ResidualVecEnv
+
+    policy = ResidualPolicy.from_base(Policy.load(base))
+    factory = (lambda: make("Lift")) if action is not None else (lambda: NaNObservation(make("Lift")))
+    env = ResidualVecEnv(SyncVectorEnv([factory], autoreset_mode=AutoresetMode.DISABLED), policy)
+    env.reset(seed=[0])
+    env.step(action if action is not None else np.zeros((1, env.single_action_space.shape[0]), np.float32))
+
+
+def residual_without_base(base: Path, directory: Path) -> None:
+    from roboloop.core.policy import Policy
+    from roboloop.residual_rl import ResidualPolicy
+
+    ResidualPolicy.from_base(Policy.load(base)).save(directory)
+    shutil.rmtree(directory / "base")
+    Policy.load(directory)
+
+
+def without_rewards(source: Path, copy: Path) -> Path:
+    shutil.copyfile(source, copy)
+    with h5py.File(copy, "a") as f:
+        for demo in f["data"]:
+            del f[f"data/{demo}/rewards"]
+    return copy
+
+
+def minari_discrete(root: Path) -> None:
+    """A Minari dataset of CartPole (Discrete actions) made by Minari's own tools, read into a replay buffer."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from roboloop.datasets.minari_io import replay_from_minari
+
+    env = gym.make("CartPole-v1", max_episode_steps=5)
+    obs, _ = env.reset(seed=0)
+    observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+    for _ in range(5):
+        obs, reward, terminated, truncated, _ = env.step(0)
+        observations.append(obs)
+        actions.append(0)
+        rewards.append(float(reward))
+        terminations.append(terminated)
+        truncations.append(truncated)
+        if terminated or truncated:
+            break
+    buffer = EpisodeBuffer(id=0, observations=np.array(observations), actions=np.array(actions), rewards=rewards,
+                           terminations=terminations, truncations=truncations)
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        minari.create_dataset_from_buffers("test/cartpole-v0", [buffer], env=env.spec, eval_env=env.spec,
+                                           description="bad input: Discrete actions")
+    finally:
+        if previous is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+    replay_from_minari("test/cartpole-v0", root=root)
+
+
 def build_cases(tmp: Path, quick: bool) -> list[Case]:
     """Every bad input, with the files it needs created in ``tmp``."""
     missing = tmp / "missing.hdf5"
@@ -154,6 +248,8 @@ def build_cases(tmp: Path, quick: bool) -> list[Case]:
     bad_chunk = tmp / "bad_chunk.hdf5"
     corrupt_first_chunk(real, bad_chunk, "data/demo_1/obs/observation.images.front")
     out = str(tmp / "out.hdf5")  # where a CLI collect would write if it (wrongly) accepted its input
+    base = tiny_base(real, tmp / "base")
+    no_rewards = without_rewards(real, tmp / "no_rewards.hdf5")
 
     return [
         Case("missing file: EpisodeStore", str(missing), call=lambda: EpisodeStore(missing)),
@@ -194,6 +290,20 @@ def build_cases(tmp: Path, quick: bool) -> list[Case]:
         Case("state of wrong size (10,): Lift reset", "(10,)", call=lambda: reset_with_state("Lift", np.zeros(10))),
         Case("state of wrong size (10,): FetchPush-v4 reset", "(10,)",
              call=lambda: reset_with_state("FetchPush-v4", np.zeros(10))),
+        Case("residual: base whose spec does not fit the env (CLI train-residual)", "does not fit PegInsert",
+             cli=["train-residual", f"base={base}", "task=PegInsert", f"out_dir={tmp / 'out_residual'}"]),
+        Case("residual: head actions with NaN", "NaN",
+             call=lambda: residual_step(base, np.full((1, 5), np.nan, np.float32))),
+        Case("residual: NaN observation from the env", "observation 'observation.state'",
+             call=lambda: residual_step(base)),
+        Case("residual: checkpoint loaded without its base", "has no base policy",
+             call=lambda: residual_without_base(base, tmp / "residual")),
+        Case("offline RL: dataset without rewards (CLI train-offline)", "has no rewards",
+             cli=["train-offline", f"dataset={no_rewards}", f"out_dir={tmp / 'out_offline'}"]),
+        Case("offline RL: dataset spaces do not fit the env (CLI train-offline task=PegInsert)", "dims",
+             cli=["train-offline", f"dataset={real}", "task=PegInsert", f"out_dir={tmp / 'out_offline'}"]),
+        Case("offline RL: Minari dataset with Discrete actions", "action space Discrete",
+             call=lambda: minari_discrete(tmp / "minari")),
     ]
 
 
@@ -227,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{case.name}: {'ok' if outcome.ok else 'NOT OK'}", file=sys.stderr, flush=True)
         leftovers = [p.name for p in tmp.iterdir() if p.name.startswith("out")]
     if leftovers:
-        targets.append(target("cli_wrote_nothing", False, "==", True, f"a rejected collect wrote {leftovers}"))
+        targets.append(target("cli_wrote_nothing", False, "==", True, f"a rejected command wrote {leftovers}"))
     table = markdown_table(["case", "error type", "message (temp dir shown as $TMP)", "ok"], rows)
     cli = ROBOLOOP_CLI.relative_to(REPO_ROOT) if ROBOLOOP_CLI.is_relative_to(REPO_ROOT) else ROBOLOOP_CLI
     table += (f"\n\nCLI cases run `{cli}`. ok = API: a roboloop error or "

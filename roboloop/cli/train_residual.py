@@ -120,8 +120,6 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     if task is None:
         raise ConfigError(f"{str(base_dir)!r} does not record its task: pass task=...")
     task = task_info(task).name
-    if meta.get("task") not in (None, task):
-        logger.warning("the base was trained on %s, refining it on %s", meta["task"], task)
     env_kwargs = {**meta.get("env_kwargs", {}), **cfg.env_kwargs}
     torch.manual_seed(cfg.ppo.seed)
     residual = ResidualPolicy.from_base(base, cfg.residual)
@@ -137,6 +135,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
                                shaping_floor=cfg.reward_shaping_floor) for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
+    if meta.get("task") not in (None, task):  # it fits (checked above), so this is a deliberate transfer
+        logger.warning("the base was trained on %s, refining it on %s", meta["task"], task)
 
     evaluate_residual = evaluation_fn(task, cfg.eval, env_kwargs)
     summary_path = out_dir / "base_eval.json"

@@ -179,13 +179,14 @@ def replay_from_store(path: str | Path, *, obs_keys: Sequence[str] | None = None
         keys = list(obs_keys) if obs_keys is not None else [k for k in store.obs_keys if "images" not in k]
         if not keys:
             raise DatasetError(f"{str(path)!r} has no low-dimensional observation keys: {store.obs_keys}")
+        for demo in store.demos:  # before any episode is read: reading one needs its rewards
+            if "rewards" not in store.keys(demo):
+                raise DatasetError(f"{str(path)!r}: {demo} has no rewards; this algorithm learns from rewards "
+                                   f"(relabel the file, or use behavior cloning)")
         first = store.episode(store.demos[0], obs_keys=keys)
         obs_dim = flatten_observations(first.observations, keys).shape[1]
         buffer = ReplayBuffer(obs_dim, first.actions.shape[1], capacity or store.total_steps, keys)
         for demo in store.demos:
-            if "rewards" not in store.keys(demo):
-                raise DatasetError(f"{str(path)!r}: {demo} has no rewards; this algorithm learns from rewards "
-                                   f"(relabel the file, or use behavior cloning)")
             episode = store.episode(demo, obs_keys=keys)
             if not np.isfinite(episode.rewards).all():
                 raise DatasetError(f"{str(path)!r}: {demo}'s rewards contain NaN or inf; RL learns from rewards")
