@@ -86,6 +86,7 @@ def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
     if not (run_dir / "critic" / "critic.json").exists():
         run(["train-offline", "algo=iql", f"dataset={tiers(task, out, quick) / 'mixed.hdf5'}", f"out_dir={run_dir}",
              f"train.offline_steps={20 if quick else steps}", "train.eval_every=0", "train.progress=false",
+             "train.resume=true",
              "eval.n_episodes=1"])
     return run_dir / "critic"
 
