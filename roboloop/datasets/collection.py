@@ -142,39 +142,47 @@ def make_vector_env(task: str, env_kwargs: dict[str, Any], n_envs: int, vectoriz
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
 
 
-class _Recording:
-    """The steps of one episode in progress."""
+class EpisodeRecording:
+    """The steps of one episode in progress, made into an :class:`Episode` when it ends. ``state`` and
+    ``randomization`` are the simulator's (a real robot records neither: the episode then has no states)."""
 
-    def __init__(self, episode_index: int, seed: int, obs: dict[str, np.ndarray], state: np.ndarray,
-                 randomization: dict[str, Any]) -> None:
-        self.episode_index, self.seed, self.randomization = episode_index, seed, randomization
+    def __init__(self, obs: dict[str, np.ndarray], *, seed: int | None = None, state: np.ndarray | None = None,
+                 randomization: dict[str, Any] | None = None) -> None:
+        self.seed, self.randomization = seed, randomization
         self.obs = {k: [v] for k, v in obs.items()}
-        self.states, self.actions, self.rewards = [state], [], []
+        self.states: list[np.ndarray] | None = None if state is None else [state]
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
         self.terminated: list[bool] = []
         self.truncated: list[bool] = []
 
+    def __len__(self) -> int:
+        return len(self.actions)
+
     def add(self, action: np.ndarray, reward: float, terminated: bool, truncated: bool,
-            next_obs: dict[str, np.ndarray], next_state: np.ndarray) -> None:
+            next_obs: dict[str, np.ndarray], next_state: np.ndarray | None = None) -> None:
         self.actions.append(action)
         self.rewards.append(reward)
         self.terminated.append(terminated)
         self.truncated.append(truncated)
         for k, v in next_obs.items():
             self.obs[k].append(v)
-        self.states.append(next_state)
+        if self.states is not None:
+            self.states.append(next_state)
 
-    def finish(self, success: bool, policy_id: str, source: str) -> Episode:
+    def finish(self, success: bool, policy_id: str | None, source: str) -> Episode:
+        attrs = {"success": bool(success), "source": source, "policy_id": policy_id, "seed": self.seed,
+                 "return": float(np.sum(self.rewards))}
+        if self.randomization is not None:
+            attrs["randomization"] = self.randomization
         return Episode(
             observations={k: np.stack(v) for k, v in self.obs.items()},
             actions=np.stack(self.actions),
             rewards=np.asarray(self.rewards, dtype=np.float32),
             terminated=np.asarray(self.terminated, dtype=bool),
             truncated=np.asarray(self.truncated, dtype=bool),
-            states=np.stack(self.states[:-1]),  # the state before each action
-            attrs={
-                "success": bool(success), "source": source, "policy_id": policy_id,
-                "seed": self.seed, "return": float(np.sum(self.rewards)), "randomization": self.randomization,
-            },
+            states=None if self.states is None else np.stack(self.states[:-1]),  # the state before each action
+            attrs=attrs,
         )
 
 
@@ -210,7 +218,7 @@ def collect(cfg: CollectConfig, actors: Sequence[Actor] | None = None, policy_id
 
     started = written = successes = attempted = steps = 0
     total_return = 0.0
-    recordings: list[_Recording | None] = [None] * cfg.n_envs
+    recordings: list[EpisodeRecording | None] = [None] * cfg.n_envs
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.n_episodes, desc=f"collect {cfg.task}", unit="ep", disable=not cfg.progress)
     writer = EpisodeWriter(cfg.output_path, env_args=env_args_for(cfg.task, env_kwargs), mode=cfg.mode)
@@ -232,7 +240,8 @@ def collect(cfg: CollectConfig, actors: Sequence[Actor] | None = None, policy_id
             samples = envs.call("episode_randomization")
             for i in np.flatnonzero(record):
                 experts[i].reset(seed=seeds[i])
-                recordings[i] = _Recording(started, seeds[i], _index_obs(obs, i), states[i], samples[i])
+                recordings[i] = EpisodeRecording(_index_obs(obs, i), seed=seeds[i], state=states[i],
+                                                 randomization=samples[i])
             return obs
 
         obs = start_episodes(np.ones(cfg.n_envs, dtype=bool))

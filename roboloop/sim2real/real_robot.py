@@ -28,8 +28,8 @@ import gymnasium as gym
 import numpy as np
 
 from roboloop.core.errors import ConfigError, InputError, RoboloopError
-from roboloop.datasets.collection import env_args_for
-from roboloop.datasets.store import Episode, EpisodeWriter
+from roboloop.datasets.collection import EpisodeRecording, env_args_for
+from roboloop.datasets.store import EpisodeWriter
 from roboloop.envs import task_info
 from roboloop.envs.scene import WORLD_CAMERAS
 
@@ -193,7 +193,8 @@ class RealRobotEnv(gym.Env):
         self.policy_id = policy_id
         self._writer = (EpisodeWriter(log_path, env_args=env_args_for(robot.task, {}), mode="a")
                         if log_path is not None else None)
-        self._episode: dict[str, Any] | None = None
+        self._episode: EpisodeRecording | None = None
+        self._success = False
 
     @property
     def episodes_left(self) -> int:
@@ -220,37 +221,26 @@ class RealRobotEnv(gym.Env):
                                       f"({self.episodes_used} run); raise episode_budget to run more")
         obs, info = self.robot.reset(seed=seed)
         self.episodes_used += 1
-        self._episode = {"obs": {k: [np.array(v)] for k, v in obs.items()}, "actions": [], "rewards": [],
-                         "terminated": [], "truncated": [], "success": bool(info.get("is_success", False)),
-                         "seed": seed}
+        self._episode = EpisodeRecording({k: np.array(v) for k, v in obs.items()}, seed=seed)
+        self._success = bool(info.get("is_success", False))
         return obs, info
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._episode is None:
             raise InputError("call reset() before step() on a real robot")
         obs, reward, terminated, truncated, info = self.robot.step(action)
-        ep = self._episode
-        for k, v in obs.items():
-            ep["obs"][k].append(np.array(v))
-        ep["actions"].append(np.asarray(action, dtype=np.float32))
-        ep["rewards"].append(float(reward))
-        ep["terminated"].append(bool(terminated))
-        ep["truncated"].append(bool(truncated))
-        ep["success"] |= bool(info.get("is_success", False))
+        self._episode.add(np.asarray(action, dtype=np.float32), float(reward), bool(terminated), bool(truncated),
+                          {k: np.array(v) for k, v in obs.items()})
+        self._success |= bool(info.get("is_success", False))
         if terminated or truncated:
             self._finish_episode()
         return obs, reward, terminated, truncated, info
 
     def _finish_episode(self) -> None:
-        ep, self._episode = self._episode, None
-        if ep is None or not ep["actions"] or self._writer is None:
+        episode, self._episode = self._episode, None
+        if episode is None or not len(episode) or self._writer is None:
             return
-        self._writer.append(Episode(
-            observations={k: np.stack(v) for k, v in ep["obs"].items()}, actions=np.stack(ep["actions"]),
-            rewards=np.asarray(ep["rewards"], dtype=np.float32), terminated=np.asarray(ep["terminated"]),
-            truncated=np.asarray(ep["truncated"]), states=None,
-            attrs={"success": ep["success"], "source": REAL_SOURCE, "policy_id": self.policy_id, "seed": ep["seed"],
-                   "return": float(np.sum(ep["rewards"]))}))
+        self._writer.append(episode.finish(self._success, self.policy_id, REAL_SOURCE))
 
     def close(self) -> None:
         self._finish_episode()
