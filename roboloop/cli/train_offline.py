@@ -111,15 +111,7 @@ def _offline_data(cfg: TrainOfflineConfig) -> tuple[ReplayBuffer, str, dict[str,
     if task is None:
         raise DatasetError(f"Minari dataset {dataset_id!r} records no env: pass task=...")
     buffer = replay_from_minari(dataset_id, gamma=gamma, reward_scale=cfg.reward_scale, reward_bias=cfg.reward_bias)
-    if buffer.obs_keys is None:  # a Box dataset (e.g. Minari's mujoco/*): it is the task's one low-dim key
-        probe = gym.make(task_info(task).env_id, **cfg.env_kwargs)
-        keys = [k for k, s in probe.observation_space.spaces.items() if len(s.shape) < 3]
-        probe.close()
-        if len(keys) != 1:
-            raise InputError(f"Minari dataset {dataset_id!r} has flat (Box) observations, but {task} observes "
-                             f"{keys}: which parts are which is ambiguous")
-        buffer.obs_keys = keys
-    return buffer, task, {}
+    return buffer, task, {}  # a Box dataset's buffer has no obs_keys yet: train_offline matches them to the task
 
 
 def _flat_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
@@ -145,9 +137,13 @@ def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
     offline, data_task, data_kwargs = _offline_data(cfg)
     task = task_info(cfg.task or data_task).name
     env_kwargs = {**data_kwargs, **cfg.env_kwargs}
-    if offline.obs_keys is None:
-        raise DatasetError(f"{dataset!r}: no observation keys")
     probe = gym.make(task_info(task).env_id, **env_kwargs)
+    if offline.obs_keys is None:  # a Box Minari dataset (e.g. Minari's mujoco/*): it is the task's one low-dim key
+        keys = [k for k, space in probe.observation_space.spaces.items() if len(space.shape) < 3]
+        if len(keys) != 1:
+            raise InputError(f"{dataset!r} has flat (Box) observations, but {task} observes {keys}: which parts "
+                             f"are which is ambiguous")
+        offline.obs_keys = keys
     spec = PolicySpec.from_env(probe, obs_keys=offline.obs_keys, n_obs_steps=1, horizon=1, n_action_steps=1)
     probe.close()
     spec_dims = (spec.flat_dim(), spec.action_dim)
