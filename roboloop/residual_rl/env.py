@@ -28,7 +28,9 @@ Phi(s)`` with ``Phi = shaping * sum of the env's shaped terms`` (``info["reward_
 PegInsert; ``shaping_terms`` picks some of them) and ``Phi = 0`` after termination. The shaped return differs from
 the sparse one by ``-Phi(s_0)``, which no policy changes, so the optimal policy is the sparse task's (exactly in
 ``step`` mode, where a wrapper step is one env step and ``gamma`` is PPO's); the dense terms only tell PPO which
-near-misses were nearer.
+near-misses were nearer, and only until the critic has learned ``-Phi``. ``shaping_mode="dense"`` instead adds
+``Phi(s')`` itself at every step (each term clipped below at ``-shaping_floor``): an objective of its own, which
+on PegInsert (the misalignment over the last centimetre as a cost) is what let the head learn.
 
 A finished episode's last head observation is in ``infos["final_obs"]`` and its info in ``infos["final_info"]``
 (masks ``_final_obs``/``_final_info``), as gymnasium's SAME_STEP vector envs do, so truncation can bootstrap.
@@ -132,6 +134,7 @@ class ResidualVecEnv(VectorEnv):
         if shaping_floor is not None and not shaping_floor > 0:
             raise ConfigError(f"shaping_floor must be > 0 or None, got {shaping_floor}")
         self.shaping_mode, self.shaping_floor = shaping_mode, shaping_floor
+        self._potential_based = bool(self.shaping) and shaping_mode == "potential"  # tracks Phi(s) per sub-env
         self._potential = np.zeros(self.num_envs)  # Phi of each sub-env's current state
 
     # ------------------------------------------------------------------------------ gymnasium API
@@ -139,7 +142,7 @@ class ResidualVecEnv(VectorEnv):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         obs, infos = self.envs.reset(seed=seed, options=options)
         self._check(obs, None, np.arange(self.num_envs))
-        if self.shaping and self.shaping_mode == "potential":
+        if self._potential_based:
             self._potential[:] = self._potentials(infos)
         self.executor.reset()
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
@@ -242,9 +245,9 @@ class ResidualVecEnv(VectorEnv):
         obs, rewards, terminated, truncated, infos = stepped
         rewards = np.asarray(rewards, dtype=np.float64)
         self._check(obs, rewards, np.arange(self.num_envs))
-        if self.shaping and self.shaping_mode == "dense":
+        if self.shaping and not self._potential_based:  # dense: Phi(s') itself
             rewards = rewards + self._potentials(infos)
-        elif self.shaping:
+        elif self._potential_based:
             potential = np.where(np.asarray(terminated), 0.0, self._potentials(infos))
             rewards = rewards + self.gamma * potential - self._potential
             self._potential = potential
@@ -272,7 +275,7 @@ class ResidualVecEnv(VectorEnv):
             mask[finished] = True
             new_obs, reset_infos = self.envs.reset(options={"reset_mask": mask})
             self._check(new_obs, None, finished)
-            if self.shaping and self.shaping_mode == "potential":
+            if self._potential_based:
                 self._potential[finished] = self._potentials(reset_infos)[finished]
             for k in self._raw_obs:
                 self._raw_obs[k][finished] = np.asarray(new_obs[k])[finished]
