@@ -27,7 +27,6 @@ Why: a user who passes something wrong must learn what and where from the first 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -205,7 +204,7 @@ def minari_discrete(root: Path) -> None:
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from roboloop.datasets.minari_io import replay_from_minari
+    from roboloop.datasets.minari_io import datasets_root, replay_from_minari
 
     env = gym.make("CartPole-v1", max_episode_steps=5)
     obs, _ = env.reset(seed=0)
@@ -221,16 +220,9 @@ def minari_discrete(root: Path) -> None:
             break
     buffer = EpisodeBuffer(id=0, observations=np.array(observations), actions=np.array(actions), rewards=rewards,
                            terminations=terminations, truncations=truncations)
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
+    with datasets_root(root):
         minari.create_dataset_from_buffers("test/cartpole-v0", [buffer], env=env.spec, eval_env=env.spec,
                                            description="bad input: Discrete actions")
-    finally:
-        if previous is None:
-            os.environ.pop("MINARI_DATASETS_PATH")
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
     replay_from_minari("test/cartpole-v0", root=root)
 
 

@@ -94,9 +94,9 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         targets = r["targets"]
         ok = sum(t["passed"] for t in targets)
         rows.append(("bad input (missing/corrupt file, missing key, NaN or wrong-shape action, unknown task, invalid "
-                     "config value, wrong-size state; residual: base that does not fit, NaN actions or observations, residual "
-                     "without its base; offline RL: no rewards, spaces that do not fit, unsupported Minari space) gets "
-                     "a clear error naming it", f"{ok}/{len(targets)} cases",
+                     "config value, wrong-size state; residual: base that does not fit, NaN actions or "
+                     "observations, residual without its base; offline RL: no rewards, spaces that do not fit, "
+                     "unsupported Minari space) gets a clear error naming it", f"{ok}/{len(targets)} cases",
                      "all", _status(targets), _command("bad_input")))
     if (r := _load("peg_precision")) is not None:
         offsets = r["figures"]["offsets"]

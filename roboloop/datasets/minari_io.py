@@ -36,7 +36,8 @@ def _minari() -> Any:
 
 
 @contextlib.contextmanager
-def _datasets_root(root: str | Path | None) -> Iterator[None]:
+def datasets_root(root: str | Path | None) -> Iterator[None]:
+    """Point Minari at ``root`` (its datasets directory) inside the block; None leaves it as it is."""
     if root is None:
         yield
         return
@@ -72,7 +73,7 @@ def export_minari(path: str | Path, dataset_id: str, *, root: str | Path | None 
                 actions=episode.actions.astype(env.action_space.dtype), rewards=list(episode.rewards.astype(float)),
                 terminations=list(episode.terminated.astype(bool)), truncations=list(episode.truncated.astype(bool)),
                 infos={"success": np.full(len(episode) + 1, bool(episode.attrs.get("success", False)))}))
-    with _datasets_root(root):
+    with datasets_root(root):
         dataset = minari.create_dataset_from_buffers(
             dataset_id, buffers, env=env.spec, eval_env=env.spec, observation_space=observation_space,
             action_space=env.action_space,
@@ -113,7 +114,7 @@ def _load(minari: Any, dataset_id: str) -> Any:
 def minari_env_id(dataset_id: str, *, root: str | Path | None = None) -> str | None:
     """The id of the env a local Minari dataset was recorded in (None when it records none)."""
     minari = _minari()
-    with _datasets_root(root):
+    with datasets_root(root):
         env_spec = _load(minari, dataset_id).spec.env_spec
     return None if env_spec is None else env_spec.id
 
@@ -124,7 +125,7 @@ def replay_from_minari(dataset_id: str, *, root: str | Path | None = None, gamma
     rewards as ``reward_scale * r + reward_bias`` (as ``replay_from_store``). A ``Dict`` dataset's buffer records
     its keys (sorted, the order they are concatenated in) as ``obs_keys``; a ``Box`` dataset's records none."""
     minari = _minari()
-    with _datasets_root(root):
+    with datasets_root(root):
         dataset = _load(minari, dataset_id)
         _check_spaces(dataset, dataset_id)
         space = dataset.observation_space
