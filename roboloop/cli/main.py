@@ -53,6 +53,11 @@ def _commands() -> dict[str, Command]:
 
         return train_offline
 
+    def sim2real() -> Any:
+        from roboloop.cli import sim2real
+
+        return sim2real
+
     return {
         "collect": Command(lambda: commands.CollectConfig, commands.run_collect,
                            "record scripted-expert demonstrations into an episode file"),
@@ -78,6 +83,8 @@ def _commands() -> dict[str, Command]:
         "finetune-online": Command(lambda: offline().TrainOfflineConfig,
                                    lambda cfg: offline().run_finetune_online(cfg),
                                    "continue a train-offline run (init=...) online, mixing its data in"),
+        "sysid": Command(lambda: sim2real().SysIdConfig, lambda cfg: sim2real().run_sysid(cfg),
+                         "identify a task's simulation from real(-proxy) episodes: physics, latency, sensor noise"),
         "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
                         "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }

@@ -118,6 +118,9 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     task_name: ClassVar[str]
     #: Names and sizes of the task part of ``observation.state``, in order.
     task_observation_structure: ClassVar[dict[str, int]]
+    #: The parts of ``task_observation_structure`` that measure movable objects' poses (what system identification
+    #: compares; the other parts are fixtures or features derived from the same poses).
+    object_observation_parts: ClassVar[tuple[str, ...]]
 
     def __init__(
         self,
@@ -240,6 +243,10 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """``(success, shaped reward terms)`` for the current state, from joint positions only."""
         raise NotImplementedError
 
+    def _entity_poses_from_observation(self, task_state: np.ndarray) -> dict[str, float]:
+        """The ``<entity>.x/y/yaw`` pose entries that the task part of a first observation shows."""
+        raise NotImplementedError
+
     def _pose_conflict(self, poses: Mapping[str, float]) -> bool:
         """Whether sampled poses overlap (they are then redrawn). Default: never."""
         return False
@@ -331,6 +338,30 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     @property
     def observation_structure(self) -> dict[str, int]:
         return {**PROPRIO_STRUCTURE, **self.task_observation_structure}
+
+    def observation_slices(self) -> dict[str, slice]:
+        """Where each named part of ``observation.state`` lies."""
+        slices, start = {}, 0
+        for name, size in self.observation_structure.items():
+            slices[name] = slice(start, start + size)
+            start += size
+        return slices
+
+    def episode_poses_from_observation(self, state: np.ndarray) -> dict[str, float]:
+        """The pose entries of a randomization sample (``gripper.x``, ``peg.yaw``...) that a first observation shows.
+
+        This is how an episode logged on a real robot, which has no simulator state, is replayed in simulation
+        from where it started (the gripper always starts open at ``GRIPPER_HOME_Z``). Sensor noise in ``state``
+        becomes an error in the start poses.
+        """
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self.state_dim,):
+            raise ValueError(f"{self.task_name}: a first observation.state has shape ({self.state_dim},), "
+                             f"got {state.shape}")
+        poses = {"gripper.x": float(state[0]), "gripper.y": float(state[1]),
+                 "gripper.yaw": math.atan2(float(state[4]), float(state[3]))}
+        poses.update(self._entity_poses_from_observation(state[sum(PROPRIO_STRUCTURE.values()):]))
+        return poses
 
     # ------------------------------------------------------------------ internals
     def _sample_episode(self, rng: np.random.Generator) -> dict[str, Any]:

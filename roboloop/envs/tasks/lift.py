@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from roboloop.envs.base import ManipulationEnv, gripper_pose_range
+from roboloop.envs.base import ManipulationEnv, gripper_pose_range, quat_to_yaw
 from roboloop.envs.randomization import PoseRange, RandomizationSpec
 from roboloop.envs.scene import FINGER_TRAVEL
 
@@ -29,6 +29,7 @@ class LiftEnv(ManipulationEnv):
 
     task_name: ClassVar[str] = "Lift"
     task_observation_structure: ClassVar[dict[str, int]] = {"cube_pos": 3, "cube_quat": 4}
+    object_observation_parts: ClassVar[tuple[str, ...]] = ("cube_pos", "cube_quat")
 
     def __init__(self, *, cube_half_size: float = 0.02, cube_mass: float = 0.1, lift_height: float = 0.1,
                  **kwargs: Any) -> None:
@@ -66,6 +67,10 @@ class LiftEnv(ManipulationEnv):
     def _place_entities(self, sample: Mapping[str, Any]) -> None:
         self._set_free_joint(self._cube_qpos, (sample["cube.x"], sample["cube.y"], self.cube_half_size),
                              sample["cube.yaw"])
+
+    def _entity_poses_from_observation(self, task_state: np.ndarray) -> dict[str, float]:
+        return {"cube.x": float(task_state[0]), "cube.y": float(task_state[1]),
+                "cube.yaw": quat_to_yaw(task_state[3:7])}
 
     def _task_observation(self, out: np.ndarray) -> None:
         pos, quat = self._free_joint_pose(self._cube_qpos)

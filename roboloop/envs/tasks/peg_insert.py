@@ -50,6 +50,7 @@ class PegInsertEnv(ManipulationEnv):
         "peg_pos": 3, "peg_quat": 4, "hole_pos": 3, "hole_yaw_cos_sin": 2,
         "peg_rel_eef": 3, "hole_rel_peg": 3, "grasp_yaw_cos_sin": 2, "insert_yaw_cos_sin": 2, "hole_rel_peg_fine": 2,
     }
+    object_observation_parts: ClassVar[tuple[str, ...]] = ("peg_pos", "peg_quat")
     FINE_SCALE = 0.005  # hole_rel_peg_fine = tanh(planar offset / 5 mm)
     FIXTURE_HALF = 0.05
     MIN_UPRIGHT = math.cos(math.radians(10))  # a peg tilted further than this is not inserted
@@ -124,6 +125,12 @@ class PegInsertEnv(ManipulationEnv):
         self._set_free_joint(self._peg_qpos, (sample["peg.x"], sample["peg.y"], self.peg_half_height),
                              sample["peg.yaw"])
         self._set_mocap("hole", (sample["hole.x"], sample["hole.y"], 0.0), sample["hole.yaw"])
+
+    def _entity_poses_from_observation(self, task_state: np.ndarray) -> dict[str, float]:
+        peg_yaw = quat_to_yaw(task_state[3:7])
+        hole_yaw = math.atan2(float(task_state[11]), float(task_state[10]))
+        return {"peg.x": float(task_state[0]), "peg.y": float(task_state[1]), "peg.yaw": peg_yaw,
+                "hole.x": float(task_state[7]), "hole.y": float(task_state[8]), "hole.yaw": hole_yaw}
 
     def _task_observation(self, out: np.ndarray) -> None:
         pos, quat = self._free_joint_pose(self._peg_qpos)

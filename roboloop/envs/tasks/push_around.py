@@ -35,6 +35,7 @@ class PushAroundEnv(ManipulationEnv):
 
     task_name: ClassVar[str] = "PushAround"
     task_observation_structure: ClassVar[dict[str, int]] = {"puck_pos": 3, "goal_xy": 2, "obstacle_xy": 2}
+    object_observation_parts: ClassVar[tuple[str, ...]] = ("puck_pos",)
     PUCK_HALF_HEIGHT = 0.015
     OBSTACLE_HALF_WIDTH = 0.025  # along y
     OBSTACLE_HALF_HEIGHT = 0.04
@@ -95,6 +96,12 @@ class PushAroundEnv(ManipulationEnv):
         self._set_mocap("goal", (sample["goal.x"], sample["goal.y"], 0.0005), sample["goal.yaw"])
         self._set_mocap("obstacle", (sample["obstacle.x"], sample["obstacle.y"], self.OBSTACLE_HALF_HEIGHT),
                         sample["obstacle.yaw"])
+
+    def _entity_poses_from_observation(self, task_state: np.ndarray) -> dict[str, float]:
+        # The puck is round and goal and obstacle are placed without yaw, so no yaw is observed (or needed).
+        return {"puck.x": float(task_state[0]), "puck.y": float(task_state[1]), "puck.yaw": 0.0,
+                "goal.x": float(task_state[3]), "goal.y": float(task_state[4]), "goal.yaw": 0.0,
+                "obstacle.x": float(task_state[5]), "obstacle.y": float(task_state[6]), "obstacle.yaw": 0.0}
 
     def _task_observation(self, out: np.ndarray) -> None:
         out[0:3] = self.data.qpos[self._puck_qpos : self._puck_qpos + 3]

@@ -1,0 +1,476 @@
+"""System identification: the simulator parameters under which logged real episodes replay best.
+
+A logged real episode has observations and actions but no simulator state. It is replayed open loop in the
+simulation from the start poses its first observation shows (``ManipulationEnv.episode_poses_from_observation``),
+under candidate parameters. The error is the mean squared difference between the replayed and the logged
+``observation.state`` over its physical parts: the gripper's pose, velocity and finger gap, and the movable objects'
+poses. The task's derived features (relative poses, the 4x-yaw terms) only repeat those, amplified. Sensor noise
+enters every part with the same std, in that part's units, so the unweighted squared error is the Gaussian
+log-likelihood up to constants.
+
+:func:`identify` runs in four stages:
+
+1. **Action latency** (an integer): the best of 0..``max_latency_steps`` under nominal physics. One step of latency
+   shifts the whole gripper trajectory by a control period, which is far more than any physical scale moves it.
+   After stage 2 the neighbouring latencies are checked again under the estimated physics.
+2. **Physical scales**, in log space, by CMA-ES (the ``cma`` package; a shrinking grid for a single scale). The
+   search starts at nominal and stays in ``bounds``. It is gradient-free because contacts make the error rugged.
+3. **Uncertainty**: the sandwich (robust) variance with episodes as the independent units, one scale at a time
+   (the others held at their estimates): ``var = var_e(g_e) / (n_episodes * H^2)``. ``g_e`` is episode e's
+   slope of the error in the log scale and ``H`` the mean curvature, both central finite differences. Contacts
+   make a replay jump when a grasp or a collision turns out differently; the sandwich counts those jumps as
+   noise, where a Gauss-Newton covariance would count them as information. A scale whose std exceeds
+   ``max_relative_std`` (or whose curvature is not positive) is reported as not identifiable from these
+   episodes: pick-and-place barely depends on sliding friction, for instance. Domain randomization then keeps
+   its ``fallback_range`` for it.
+4. **Sensor noise**: the std of the residuals' step-to-step differences, divided by sqrt(2). Model error is smooth
+   in time and white noise is not, so differencing separates the two.
+
+:meth:`Identification.randomization` turns the result into randomization ranges: the estimate +- ``range_stds``
+stds, at least +- ``min_relative_range``, for domain randomization around the identified simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from roboloop.core.errors import ConfigError, InputError
+from roboloop.datasets.store import Episode
+from roboloop.envs import task_info
+from roboloop.envs.base import PROPRIO_STRUCTURE, STATE_KEY, ManipulationEnv
+from roboloop.utils.io import write_json
+
+#: Observations a start pose is estimated from, and how far (m, or units of a quaternion) an object's observed pose
+#: may move within them before it counts as moved rather than noise.
+START_WINDOW, REST_TOLERANCE = 10, 0.003
+#: The physical scales identification can estimate (names of ``RandomizationSpec`` fields and sample entries).
+IDENTIFIABLE = ("actuator_gain_scale", "actuator_damping_scale", "object_mass_scale", "friction_scale")
+
+
+@dataclass
+class IdentificationConfig:
+    """How :func:`identify` searches and how sure it must be.
+
+    Attributes:
+        parameters: The physical scales to estimate (a subset of ``IDENTIFIABLE``); the others stay nominal.
+        bounds: The range every scale is searched in (multipliers of nominal).
+        max_latency_steps: Latencies 0..this are tried.
+        min_episodes, min_steps: Less logged data than this is refused (the estimate would be noise).
+        sigma0: CMA-ES's initial step, in log scale (0.2: about 20%).
+        popsize: Candidates per CMA-ES generation.
+        max_evaluations: Replays of the whole log CMA-ES may spend (each is every episode once), over all rounds.
+        rounds: CMA-ES searches, each after refining the start poses under the estimate so far (and with half the
+            previous step).
+        tol_log_scale: CMA-ES stops once its steps in log scale are below this (1e-3: 0.1%).
+        fd_step: Finite-difference step in log scale for the uncertainty (wide enough to average over contacts).
+        max_relative_std: A scale with a larger relative std is reported as not identifiable.
+        range_stds: Randomization range half-width, in stds.
+        min_relative_range: The smallest randomization half-width, relative to the estimate.
+        fallback_range: The randomization range of a scale that could not be identified.
+        n_workers: Processes that replay candidates in parallel (1: in this process).
+        seed: Seeds CMA-ES.
+    """
+
+    parameters: list[str] = field(default_factory=lambda: list(IDENTIFIABLE))
+    bounds: tuple[float, float] = (0.4, 2.5)
+    max_latency_steps: int = 3
+    min_episodes: int = 3
+    min_steps: int = 150
+    sigma0: float = 0.2
+    popsize: int = 8
+    max_evaluations: int = 240
+    rounds: int = 2
+    tol_log_scale: float = 1e-3
+    fd_step: float = 0.05
+    max_relative_std: float = 0.1
+    range_stds: float = 2.0
+    min_relative_range: float = 0.05
+    fallback_range: tuple[float, float] = (0.6, 1.6)
+    n_workers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.parameters = list(self.parameters)
+        unknown = sorted(set(self.parameters) - set(IDENTIFIABLE))
+        if unknown or not self.parameters:
+            raise ConfigError(f"sysid parameters must be a non-empty subset of {list(IDENTIFIABLE)}, got "
+                              f"{self.parameters}")
+        self.bounds = tuple(float(b) for b in self.bounds)  # type: ignore[assignment]
+        self.fallback_range = tuple(float(b) for b in self.fallback_range)  # type: ignore[assignment]
+        for name in ("bounds", "fallback_range"):
+            low, high = getattr(self, name)
+            if not 0 < low < 1 < high:
+                raise ConfigError(f"sysid {name} must satisfy 0 < low < 1 < high (they bracket nominal), "
+                                  f"got {(low, high)}")
+        if self.max_latency_steps < 0 or self.min_episodes < 1 or self.min_steps < 1 or self.rounds < 1:
+            raise ConfigError("sysid max_latency_steps must be >= 0, min_episodes, min_steps and rounds >= 1")
+        if self.popsize < 4 or self.max_evaluations < self.popsize * self.rounds or self.n_workers < 1:
+            raise ConfigError(f"sysid needs popsize >= 4, max_evaluations >= popsize * rounds and n_workers >= 1, "
+                              f"got {self.popsize}, {self.max_evaluations}, {self.n_workers}")
+        for name in ("sigma0", "tol_log_scale", "fd_step", "max_relative_std", "range_stds", "min_relative_range"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"sysid {name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Identification:
+    """What :func:`identify` found: estimates, their uncertainty, and how well the log replays.
+
+    Attributes:
+        task: The task whose simulation was identified.
+        estimates: Scale -> estimate (multiplier of nominal).
+        relative_stds: Scale -> std of the estimate, relative to it (sandwich over episodes; inf when the error
+            has no positive curvature in it).
+        identifiable: Scale -> whether its relative std is within ``max_relative_std``.
+        action_latency_steps: The identified latency.
+        latency_losses: Replay error (mean squared, nominal physics) of latency 0, 1, ...
+        obs_noise_std: Estimated sensor noise std (units of ``observation.state``).
+        loss, nominal_loss: Replay error at the estimates and under the nominal simulation (latency 0).
+        n_episodes, n_steps: The log identified from.
+        evaluations: Replays of the whole log spent.
+        history: Best replay error after each CMA-ES generation.
+    """
+
+    task: str
+    estimates: dict[str, float]
+    relative_stds: dict[str, float]
+    identifiable: dict[str, bool]
+    action_latency_steps: int
+    latency_losses: list[float]
+    obs_noise_std: float
+    loss: float
+    nominal_loss: float
+    n_episodes: int
+    n_steps: int
+    evaluations: int
+    history: list[float]
+
+    def simulation(self) -> dict[str, Any]:
+        """The identified parameters as entries of a randomization sample (the most likely simulation)."""
+        return {**self.estimates, "action_latency_steps": self.action_latency_steps,
+                "obs_noise_std": self.obs_noise_std}
+
+    def randomization(self, cfg: IdentificationConfig | None = None) -> dict[str, Any]:
+        """Randomization overrides (``RandomizationSpec`` fields) around the identified simulation.
+
+        Each identified scale gets its estimate +- ``range_stds`` stds (at least +- ``min_relative_range``); one that
+        could not be identified gets ``fallback_range``. Latency is the identified value and sensor noise the
+        estimated std.
+        """
+        cfg = cfg or IdentificationConfig()
+        out: dict[str, Any] = {}
+        for name, value in self.estimates.items():
+            if self.identifiable[name]:
+                half = max(cfg.range_stds * self.relative_stds[name], cfg.min_relative_range)
+                out[name] = (value * math.exp(-half), value * math.exp(half))
+            else:
+                out[name] = cfg.fallback_range
+        out["action_latency_steps"] = (self.action_latency_steps, self.action_latency_steps)
+        out["obs_noise_std"] = self.obs_noise_std
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON, atomically (a killed write leaves the previous file)."""
+        # inf (a scale the log does not depend on) is not JSON: store it as null.
+        data = asdict(self)
+        data["relative_stds"] = {k: (v if math.isfinite(v) else None) for k, v in self.relative_stds.items()}
+        write_json(path, data)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Identification:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            data["relative_stds"] = {k: (math.inf if v is None else float(v)) for k, v in data["relative_stds"].items()}
+            return cls(**data)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no identification there (run `roboloop sysid` first)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not an identification written by roboloop sysid ({e})") from e
+
+
+def check_log(episodes: Sequence[Episode], cfg: IdentificationConfig) -> None:
+    """Refuse a log that cannot identify anything: too little of it, no state observations, or NaNs."""
+    n_steps = sum(len(ep) for ep in episodes)
+    if len(episodes) < cfg.min_episodes or n_steps < cfg.min_steps:
+        raise InputError(f"identification needs at least {cfg.min_episodes} episodes and {cfg.min_steps} steps of "
+                         f"real data, got {len(episodes)} episode(s) of {n_steps} steps in total: run more real "
+                         "episodes (or lower min_episodes / min_steps knowingly)")
+    for i, ep in enumerate(episodes):
+        if STATE_KEY not in ep.observations:
+            raise InputError(f"real episode {i} has no {STATE_KEY!r} (keys: {sorted(ep.observations)}); "
+                             "identification compares state observations")
+        if not (np.isfinite(ep.observations[STATE_KEY]).all() and np.isfinite(ep.actions).all()):
+            raise InputError(f"real episode {i} contains NaN or inf in its observations or actions")
+
+
+class EpisodeReplayer:
+    """Replays logged episodes open loop in the simulation, under any parameters.
+
+    Args:
+        task: The task the episodes were logged on.
+        episodes: The log (only ``observation.state`` and the actions are used).
+        env_kwargs: The task's constructor arguments (geometry such as ``clearance``); cameras are dropped.
+    """
+
+    def __init__(self, task: str, episodes: Sequence[Episode], env_kwargs: Mapping[str, Any] | None = None) -> None:
+        kwargs = {k: v for k, v in dict(env_kwargs or {}).items() if k not in ("cameras", "render_mode")}
+        env = gym.make(task_info(task).env_id, **kwargs).unwrapped
+        if not isinstance(env, ManipulationEnv):
+            raise ConfigError(f"{task}: identification replays roboloop's own manipulation tasks")
+        self.env = env
+        slices = env.observation_slices()
+        parts = [*PROPRIO_STRUCTURE, *env.object_observation_parts]
+        #: Indices of the physical parts of observation.state that are compared.
+        self.dims = np.concatenate([np.arange(slices[p].start, slices[p].stop) for p in parts])
+        self.starts = [self._resting_start(np.asarray(ep.observations[STATE_KEY], dtype=np.float64))
+                       for ep in episodes]
+        self.actions = [np.asarray(ep.actions, dtype=np.float64) for ep in episodes]
+        self.logged = [np.asarray(ep.observations[STATE_KEY], dtype=np.float64)[:, self.dims] for ep in episodes]
+        self.n_values = sum(x.size for x in self.logged)
+
+    def _resting_start(self, states: np.ndarray) -> dict[str, float]:
+        """Start poses from an episode's first observations: objects averaged over the steps before anything moved them.
+
+        One noisy observation puts the start poses off by the sensor noise, and that offset persists through the
+        whole replay (at 0.5 mm it costs more replay error than a 50% error in friction). Objects rest until the
+        gripper reaches them, so their poses are averaged over the first ``START_WINDOW`` observations that stay
+        within ``REST_TOLERANCE`` of the first.
+        """
+        objects = np.concatenate([np.arange(s.start, s.stop) for name, s in self.env.observation_slices().items()
+                                  if name in self.env.object_observation_parts])
+        moved = np.abs(states[:START_WINDOW, objects] - states[0, objects]).max(axis=1) > REST_TOLERANCE
+        resting = states[: int(np.argmax(moved)) if moved.any() else START_WINDOW]
+        poses = [self.env.episode_poses_from_observation(s) for s in resting]
+        start = dict(poses[0])
+        for key in start:
+            if not key.startswith("gripper."):
+                start[key] = float(np.mean([p[key] for p in poses]))
+        return start
+
+    def refine_gripper_starts(self, params: Mapping[str, Any]) -> None:
+        """Correct each start's gripper pose by the mean replay error of its first ``START_WINDOW`` steps.
+
+        The gripper moves from the first step, so its start cannot be averaged like the objects'. But a position
+        servo follows its setpoint whatever its gains, and the setpoint starts at the start pose, so an error in
+        the start shows as a constant offset of the early replay; its mean over the window is the correction.
+        """
+        slices = self.env.observation_slices()
+        x, y = slices["eef_pos"].start, slices["eef_pos"].start + 1
+        cos, sin = slices["eef_yaw_cos_sin"].start, slices["eef_yaw_cos_sin"].start + 1
+        where = {int(d): i for i, d in enumerate(self.dims)}
+        for start, replayed, logged in zip(self.starts, self.replay(params), self.logged):
+            window = slice(0, min(START_WINDOW, len(logged)))
+            error = logged[window] - replayed[window]
+            start["gripper.x"] += float(np.mean(error[:, where[x]]))
+            start["gripper.y"] += float(np.mean(error[:, where[y]]))
+            yaw_logged = np.arctan2(logged[window, where[sin]], logged[window, where[cos]])
+            yaw_replayed = np.arctan2(replayed[window, where[sin]], replayed[window, where[cos]])
+            start["gripper.yaw"] += float(np.mean(np.angle(np.exp(1j * (yaw_logged - yaw_replayed)))))
+
+    def replay(self, params: Mapping[str, Any]) -> list[np.ndarray]:
+        """Replayed compared observations per episode, each (T + 1, n_dims), under ``params`` (sample entries)."""
+        out = []
+        for start, actions in zip(self.starts, self.actions):
+            sample = {**start, "action_latency_steps": 0, **params, "obs_noise_std": 0.0}
+            obs, _ = self.env.reset(options={"randomization": sample})
+            states = np.empty((len(actions) + 1, len(self.dims)))
+            states[0] = obs[STATE_KEY][self.dims]
+            for t, action in enumerate(actions):
+                obs, *_ = self.env.step(action)
+                states[t + 1] = obs[STATE_KEY][self.dims]
+            out.append(states)
+        return out
+
+    def residuals(self, params: Mapping[str, Any]) -> np.ndarray:
+        """Replayed minus logged, all episodes concatenated: (sum of T + 1, n_dims)."""
+        return np.concatenate([r - x for r, x in zip(self.replay(params), self.logged)])
+
+    def loss(self, params: Mapping[str, Any]) -> float:
+        """Mean squared replay error."""
+        return float(np.mean(self.residuals(params) ** 2))
+
+    def episode_losses(self, params: Mapping[str, Any]) -> np.ndarray:
+        """(n_episodes,) each episode's share of the squared error, scaled so that their mean is :meth:`loss`."""
+        squared = [np.sum((r - x) ** 2) for r, x in zip(self.replay(params), self.logged)]
+        return np.asarray(squared) * len(squared) / self.n_values
+
+
+# A process pool's workers each hold one replayer (episodes are sent once, candidates many times).
+_WORKER_REPLAYER: EpisodeReplayer | None = None
+
+
+def _init_worker(task: str, episodes: Sequence[Episode], env_kwargs: Mapping[str, Any]) -> None:
+    global _WORKER_REPLAYER
+    _WORKER_REPLAYER = EpisodeReplayer(task, episodes, env_kwargs)
+
+
+def _worker_loss(starts_and_params: tuple[list[dict[str, float]], Mapping[str, Any]]) -> float:
+    assert _WORKER_REPLAYER is not None
+    _WORKER_REPLAYER.starts, params = starts_and_params  # the main process refines the starts between rounds
+    return _WORKER_REPLAYER.loss(params)
+
+
+def _generations(x0: np.ndarray, sigma: float, bounds: tuple[float, float], cfg: IdentificationConfig,
+                 seed: int) -> Generator[list[np.ndarray] | None, list[float], None]:
+    """Candidates to evaluate: the first generation from ``next()``, each next from ``send(its losses)``; None when
+    done.
+
+    CMA-ES for two or more scales. pycma needs at least two dimensions, so one scale gets a shrinking grid:
+    ``popsize`` points across +-2 sigma around the best so far, then half the width around the new best.
+    """
+    import cma
+
+    budget = cfg.max_evaluations // cfg.rounds
+    if len(x0) >= 2:
+        es = cma.CMAEvolutionStrategy(x0, sigma, {
+            "bounds": list(bounds), "popsize": cfg.popsize, "seed": seed, "verbose": -9, "maxfevals": budget,
+            "tolx": cfg.tol_log_scale, "tolfun": 0, "tolflatfitness": 10})
+        while not es.stop():
+            xs = es.ask()
+            es.tell(xs, (yield xs))
+    else:
+        centre, spent = float(x0[0]), 0
+        while sigma > cfg.tol_log_scale and spent + cfg.popsize <= budget:
+            xs = [np.array([x]) for x in np.clip(np.linspace(centre - 2 * sigma, centre + 2 * sigma, cfg.popsize),
+                                                 *bounds)]
+            fs = yield xs
+            spent += len(xs)
+            centre, sigma = float(xs[int(np.argmin(fs))][0]), sigma / 2
+    yield None
+
+
+def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig | None = None, *,
+             env_kwargs: Mapping[str, Any] | None = None,
+             progress: Callable[[int, float], None] | None = None) -> Identification:
+    """Identify ``task``'s simulation parameters from logged real ``episodes`` (see the module docstring).
+
+    Args:
+        progress: Called as ``progress(evaluations, best_loss)`` after each CMA-ES generation.
+    """
+    cfg = cfg or IdentificationConfig()
+    check_log(episodes, cfg)
+    episodes = [Episode({STATE_KEY: ep.observations[STATE_KEY]}, ep.actions, ep.rewards, ep.terminated,
+                        ep.truncated) for ep in episodes]  # images are not compared: do not ship them to workers
+    replayer = EpisodeReplayer(task, episodes, env_kwargs)
+    pool = (ProcessPoolExecutor(cfg.n_workers, initializer=_init_worker, initargs=(task, episodes, env_kwargs or {}))
+            if cfg.n_workers > 1 else None)
+    evaluations = 0
+
+    def losses(candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+        nonlocal evaluations
+        evaluations += len(candidates)
+        if pool is None:
+            return [replayer.loss(c) for c in candidates]
+        return list(pool.map(_worker_loss, [(replayer.starts, c) for c in candidates]))
+
+    names = list(cfg.parameters)
+
+    def params_of(log_scales: Sequence[float], latency: int) -> dict[str, Any]:
+        return {**{n: float(math.exp(x)) for n, x in zip(names, log_scales)}, "action_latency_steps": latency}
+
+    try:
+        # 1. Latency under nominal physics.
+        latency_losses = losses([params_of(np.zeros(len(names)), lat) for lat in range(cfg.max_latency_steps + 1)])
+        latency = int(np.argmin(latency_losses))
+        nominal_loss = latency_losses[0]
+
+        # 2. Physical scales by CMA-ES in log space, in rounds: each round refines the gripper's start poses under
+        # the current estimate (their early-replay offset depends a little on the gains) and searches again, closer.
+        low, high = math.log(cfg.bounds[0]), math.log(cfg.bounds[1])
+        history: list[float] = []
+        best_x = np.zeros(len(names))
+        for round_ in range(cfg.rounds):
+            replayer.refine_gripper_starts(params_of(best_x, latency))
+            evaluations += 1
+            best_loss = losses([params_of(best_x, latency)])[0]
+            search = _generations(best_x, cfg.sigma0 / 2**round_, (low, high), cfg, cfg.seed + 1 + round_)
+            xs = next(search)
+            while xs is not None:
+                fs = losses([params_of(x, latency) for x in xs])
+                i = int(np.argmin(fs))
+                if fs[i] < best_loss:
+                    best_x, best_loss = np.asarray(xs[i], dtype=float), float(fs[i])
+                history.append(best_loss)
+                if progress is not None:
+                    progress(evaluations, best_loss)
+                xs = search.send(fs)
+            # The neighbouring latencies again, under the estimated physics.
+            neighbours = [lat for lat in (latency - 1, latency + 1) if 0 <= lat <= cfg.max_latency_steps]
+            for lat, loss in zip(neighbours, losses([params_of(best_x, lat) for lat in neighbours])):
+                if loss < best_loss:
+                    latency, best_loss = lat, loss
+
+        # 3. Uncertainty: the sandwich covariance over episodes, one scale at a time.
+        centre = replayer.episode_losses(params_of(best_x, latency))
+        stds: dict[str, float] = {}
+        for j, name in enumerate(names):
+            step = np.zeros(len(names))
+            step[j] = cfg.fd_step
+            plus = replayer.episode_losses(params_of(best_x + step, latency))
+            minus = replayer.episode_losses(params_of(best_x - step, latency))
+            slopes = (plus - minus) / (2 * cfg.fd_step)
+            curvature = float(np.mean(plus + minus - 2 * centre)) / cfg.fd_step**2
+            stds[name] = (math.sqrt(float(np.var(slopes, ddof=1)) / len(slopes)) / curvature if curvature > 0
+                          else math.inf)
+        evaluations += 1 + 2 * len(names)
+        residual = replayer.residuals(params_of(best_x, latency))
+
+        # 4. Sensor noise from the residuals' step-to-step differences.
+        per_episode = np.split(residual, np.cumsum([len(x) for x in replayer.logged])[:-1])
+        diffs = np.concatenate([np.diff(r, axis=0) for r in per_episode if len(r) > 1])
+        noise = float(np.median(np.std(diffs, axis=0)) / math.sqrt(2))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    estimates = {n: float(math.exp(x)) for n, x in zip(names, best_x)}
+    return Identification(
+        task=task_info(task).name, estimates=estimates, relative_stds=stds,
+        identifiable={n: bool(stds[n] <= cfg.max_relative_std) for n in names},
+        action_latency_steps=latency, latency_losses=[float(v) for v in latency_losses], obs_noise_std=noise,
+        loss=best_loss, nominal_loss=float(nominal_loss), n_episodes=len(episodes),
+        n_steps=sum(len(ep) for ep in episodes), evaluations=evaluations, history=history)
+
+
+class SettlingActor:
+    """Runs an actor slowly for identification: it acts every ``settle_steps`` steps and holds still in between.
+
+    A closed-loop controller tuned for the nominal simulation (a scripted expert moves the full error each step)
+    oscillates under a latency it does not know. Acting only on settled observations keeps it stable for latencies
+    up to ``settle_steps - 1``, so identification episodes still grasp and carry the objects, which is what makes
+    mass observable. In the held steps the position and yaw deltas are zero and the grip command is unchanged.
+    """
+
+    def __init__(self, actor: Any, settle_steps: int = 3) -> None:
+        if settle_steps < 1:
+            raise ConfigError(f"settle_steps must be >= 1, got {settle_steps}")
+        self.actor = actor
+        self.settle_steps = int(settle_steps)
+        self._t = 0
+        self._last: np.ndarray | None = None
+
+    def reset(self, seed: int | None = None) -> None:
+        self.actor.reset(seed)
+        self._t = 0
+        self._last = None
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self._last is None or self._t % self.settle_steps == 0:
+            self._last = np.asarray(self.actor.act(obs), dtype=np.float32)
+            action = self._last
+        else:
+            action = np.zeros_like(self._last)
+            action[4:] = self._last[4:]
+        self._t += 1
+        return action

@@ -1,0 +1,145 @@
+"""System identification recovers known parameters from logged episodes, and refuses logs it cannot use."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roboloop.core.errors import ConfigError, InputError
+from roboloop.datasets.collection import EpisodeRecording
+from roboloop.datasets.store import Episode
+from roboloop.envs import make
+from roboloop.envs.base import STATE_KEY
+from roboloop.envs.experts import make_expert
+from roboloop.sim2real.sysid import (
+    EpisodeReplayer,
+    Identification,
+    IdentificationConfig,
+    SettlingActor,
+    identify,
+)
+
+TRUE = {"actuator_gain_scale": 0.8, "actuator_damping_scale": 1.25, "action_latency_steps": 1,
+        "obs_noise_std": 3e-4}
+
+
+def logged_episodes(task: str, params: dict, n: int, steps: int, seed: int = 0) -> list[Episode]:
+    """Episodes of the settling expert on ``task`` simulated under ``params``: a stand-in for a real log."""
+    env = make(task)
+    sim = env.unwrapped
+    actor = SettlingActor(make_expert(task, env, seed=seed), settle_steps=3)
+    episodes = []
+    for i in range(n):
+        rng = np.random.default_rng(seed + i)
+        sample = {**sim._sample_episode(rng), **params, "obs_noise_seed": int(rng.integers(2**31))}
+        obs, _ = env.reset(options={"randomization": sample})
+        actor.reset(seed=i)
+        recording = EpisodeRecording(obs)
+        for _ in range(steps):
+            action = actor.act(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            recording.add(action, reward, terminated, truncated, obs)
+            if terminated:
+                break
+        episodes.append(recording.finish(False, "test", "real"))
+    env.close()
+    return episodes
+
+
+@pytest.mark.parametrize("task", ["PegInsert", "Lift", "PushAround"])
+def test_start_poses_read_from_a_first_observation_are_the_episodes(task: str) -> None:
+    env = make(task)
+    obs, info = env.reset(seed=3)
+    poses = env.unwrapped.episode_poses_from_observation(obs[STATE_KEY])
+    for key, value in poses.items():
+        assert value == pytest.approx(info["randomization"][key], abs=1e-5), key
+    with pytest.raises(ValueError, match="shape"):
+        env.unwrapped.episode_poses_from_observation(obs[STATE_KEY][:-1])
+    env.close()
+
+
+def test_replay_under_the_true_parameters_reproduces_a_noise_free_log() -> None:
+    params = {k: v for k, v in TRUE.items() if k != "obs_noise_std"}
+    episodes = logged_episodes("Lift", {**params, "obs_noise_std": 0.0}, n=2, steps=25)
+    replayer = EpisodeReplayer("Lift", episodes)
+    assert replayer.loss(params) < 1e-12
+    assert replayer.loss({**params, "action_latency_steps": 0}) > 1e-6
+    assert replayer.episode_losses(params).shape == (2,)
+
+
+def test_identification_recovers_known_gains_latency_and_noise() -> None:
+    episodes = logged_episodes("Lift", TRUE, n=4, steps=40)
+    cfg = IdentificationConfig(parameters=["actuator_gain_scale", "actuator_damping_scale"], popsize=6,
+                               max_evaluations=72, rounds=2, max_latency_steps=2, min_steps=100)
+    ident = identify("Lift", episodes, cfg)
+    assert ident.action_latency_steps == 1
+    for name in ("actuator_gain_scale", "actuator_damping_scale"):
+        assert ident.estimates[name] == pytest.approx(TRUE[name], rel=0.05), name
+        assert ident.identifiable[name] and 0 < ident.relative_stds[name] < 0.1
+    assert ident.obs_noise_std == pytest.approx(TRUE["obs_noise_std"], rel=0.25)
+    assert ident.loss < ident.nominal_loss / 10
+    assert ident.history[-1] <= ident.history[0]
+
+    ranges = ident.randomization(cfg)
+    low, high = ranges["actuator_gain_scale"]
+    assert low < ident.estimates["actuator_gain_scale"] < high
+    assert ranges["action_latency_steps"] == (1, 1)
+
+
+def test_identification_refuses_too_little_or_broken_data() -> None:
+    episodes = logged_episodes("Lift", TRUE, n=2, steps=10)
+    with pytest.raises(InputError, match="at least 3 episodes"):
+        identify("Lift", episodes)
+    broken = episodes * 2
+    broken[0].observations[STATE_KEY][3, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        identify("Lift", broken, IdentificationConfig(min_steps=10))
+    images_only = [Episode({"observation.images.front": np.zeros((11, 8, 8, 3), np.uint8)}, ep.actions, ep.rewards,
+                           ep.terminated, ep.truncated) for ep in episodes * 2]
+    with pytest.raises(InputError, match="observation.state"):
+        identify("Lift", images_only, IdentificationConfig(min_steps=10))
+    with pytest.raises(ConfigError, match="subset"):
+        IdentificationConfig(parameters=["light_intensity_scale"])
+
+
+def test_an_unidentified_scale_keeps_the_fallback_range(tmp_path: Path) -> None:
+    ident = Identification(
+        task="Lift", estimates={"actuator_gain_scale": 0.8, "friction_scale": 0.5},
+        relative_stds={"actuator_gain_scale": 0.01, "friction_scale": math.inf},
+        identifiable={"actuator_gain_scale": True, "friction_scale": False}, action_latency_steps=2,
+        latency_losses=[1.0, 0.5, 0.1], obs_noise_std=1e-3, loss=0.1, nominal_loss=1.0, n_episodes=5, n_steps=500,
+        evaluations=10, history=[0.2, 0.1])
+    cfg = IdentificationConfig(fallback_range=(0.7, 1.5), range_stds=2.0, min_relative_range=0.05)
+    ranges = ident.randomization(cfg)
+    assert ranges["friction_scale"] == (0.7, 1.5)
+    # 2 stds of 1% is narrower than the 5% floor.
+    assert ranges["actuator_gain_scale"] == pytest.approx((0.8 * math.exp(-0.05), 0.8 * math.exp(0.05)))
+    assert ranges["action_latency_steps"] == (2, 2) and ranges["obs_noise_std"] == 1e-3
+    loaded = Identification.load(ident.save(tmp_path / "identification.json"))
+    assert loaded == ident
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InputError, match="not an identification"):
+        Identification.load(tmp_path / "bad.json")
+
+
+def test_the_settling_actor_acts_every_few_steps_and_holds_its_grip_in_between() -> None:
+    class Constant:
+        def reset(self, seed: int | None = None) -> None:
+            self.calls = 0
+
+        def act(self, obs: dict) -> np.ndarray:
+            self.calls += 1
+            return np.array([0.5, -0.5, 0.2, 0.1, 1.0], np.float32)
+
+    inner = Constant()
+    actor = SettlingActor(inner, settle_steps=3)
+    actor.reset()
+    actions = np.array([actor.act({}) for _ in range(6)])
+    assert inner.calls == 2
+    np.testing.assert_array_equal(actions[[1, 2, 4, 5], :4], 0.0)
+    np.testing.assert_array_equal(actions[:, 4], 1.0)
+    with pytest.raises(ConfigError):
+        SettlingActor(inner, settle_steps=0)
