@@ -85,6 +85,9 @@ def _commands() -> dict[str, Command]:
                                    "continue a train-offline run (init=...) online, mixing its data in"),
         "sysid": Command(lambda: sim2real().SysIdConfig, lambda cfg: sim2real().run_sysid(cfg),
                          "identify a task's simulation from real(-proxy) episodes: physics, latency, sensor noise"),
+        "sim2real": Command(lambda: sim2real().Sim2RealConfig, lambda cfg: sim2real().run_sim2real(cfg),
+                            "iterative sim-to-real on the real proxy: deploy, identify, retrain the residual, repeat",
+                            "checkpoint"),
         "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
                         "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }

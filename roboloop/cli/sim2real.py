@@ -1,22 +1,32 @@
-"""``roboloop sysid``: identify a task's simulation from real episodes, with a report."""
+"""``roboloop sysid`` (identify a task's simulation from real episodes) and ``roboloop sim2real`` (iterative
+sim-to-real against the real proxy), each with a report."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
+from roboloop.cli.train_residual import TrainResidualConfig, train_residual
+from roboloop.core.checkpoint import load_policy, read_meta
 from roboloop.core.errors import ConfigError
+from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.datasets.store import EpisodeStore
 from roboloop.envs import task_info
 from roboloop.envs.experts import make_expert
+from roboloop.residual_rl import ResidualPolicy
+from roboloop.sim2real.deploy import deploy
 from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, SettlingActor, identify
-from roboloop.utils.io import atomic_path
+from roboloop.utils.io import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,3 +150,183 @@ def run_sysid(cfg: SysIdConfig) -> int:
     print(text)
     print(f"wrote {out / 'identification.json'}, {out / 'report.md'}, {out / 'sysid_loss.png'}")
     return 0
+
+
+@dataclass
+class Sim2RealConfig:
+    """``roboloop sim2real CHECKPOINT``: iterative sim-to-real (i-S2R) against the real proxy.
+
+    Iteration 0 deploys ``checkpoint``, trained in the nominal simulation (a residual checkpoint, or a BC checkpoint
+    that the first retraining puts a residual head on), on the real proxy for ``episodes_per_iteration``
+    episodes. Each iteration then identifies the simulation from the latest ``identification_episodes`` real
+    episodes, trains the residual further in the identified simulation with randomization around it (``train``,
+    a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are set per
+    iteration) and deploys the result. The loop stops after ``iterations`` retrainings, when the real budget is
+    spent, or when a deployment reaches ``target_success``. Everything the real proxy saw is in
+    ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success, the success in
+    the identified simulation and the identified parameters, and ``sim2real_success.png`` plots real success
+    against real episodes used. A killed run continues with ``resume=true``.
+
+    Attributes:
+        checkpoint: The policy trained in the nominal simulation.
+        secret_seed: The real proxy's hidden parameters.
+        iterations: Retrainings at most.
+        episodes_per_iteration: Real episodes per deployment.
+        real_budget: Real episodes in all (deployments; identification reuses them).
+        identification_episodes: Identify from at most this many of the latest real episodes.
+        target_success: Stop once a deployment's success reaches this.
+        identification: How each identification searches.
+        train: The retraining (residual PPO) settings.
+        seed: Real episode starts: deployment ``i`` episode ``k`` resets with ``seed * 1_000_003 + 1000 i + k``.
+        resume: Continue a killed run in ``out_dir``.
+        out_dir: Output directory (``{task}`` is filled in).
+    """
+
+    checkpoint: str | None = None
+    secret_seed: int = 0
+    iterations: int = 4
+    episodes_per_iteration: int = 20
+    real_budget: int = 100
+    identification_episodes: int = 40
+    target_success: float = 0.9
+    identification: IdentificationConfig = field(default_factory=IdentificationConfig)
+    train: TrainResidualConfig = field(default_factory=TrainResidualConfig)
+    seed: int = 0
+    resume: bool = False
+    out_dir: str = "outputs/sim2real/{task}"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None:
+            raise ConfigError("sim2real needs the checkpoint of a policy trained in the nominal simulation")
+        if min(self.iterations, self.episodes_per_iteration, self.real_budget, self.identification_episodes) < 1:
+            raise ConfigError("sim2real iterations, episodes_per_iteration, real_budget and identification_episodes "
+                              "must be >= 1")
+        if not 0 < self.target_success <= 1:
+            raise ConfigError(f"target_success must be in (0, 1], got {self.target_success}")
+
+
+def _real_episodes_logged(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with EpisodeStore(path) as store:
+        return len(store)
+
+
+def _latest_real_episodes(path: Path, n: int) -> list[Any]:
+    with EpisodeStore(path) as store:
+        ids = [i for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE][-n:]
+        return [store.episode(i) for i in ids]
+
+
+def run_sim2real(cfg: Sim2RealConfig) -> int:
+    assert cfg.checkpoint is not None  # checked by the config
+    meta = read_meta(cfg.checkpoint)
+    task = task_info(meta.get("task") or "PegInsert").name
+    # The proxy is the task's geometry (clearance...) under hidden parameters: the policy's randomization is not its.
+    proxy_kwargs = {k: v for k, v in meta.get("env_kwargs", {}).items() if k != "randomization"}
+    out = Path(cfg.out_dir.replace("{task}", task))
+    state_path, log_path = out / "report.json", out / "real_episodes.hdf5"
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"{out} is not empty: pass resume=true to continue that run, or another out_dir")
+    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {
+        "task": task, "policy": cfg.checkpoint, "secret_seed": cfg.secret_seed, "iterations": [], "trainings": {}}
+    if state["policy"] != cfg.checkpoint or state["secret_seed"] != cfg.secret_seed:
+        raise ConfigError(f"{out} holds a run of policy {state['policy']} on secret seed {state['secret_seed']}; "
+                          "use another out_dir")
+    iterations: list[dict[str, Any]] = state["iterations"]
+    checkpoint = cfg.checkpoint
+    for it in range(cfg.iterations + 1):
+        if it > 0:
+            checkpoint = str(out / f"iteration{it}" / "checkpoints" / "best")
+        if it == len(iterations):
+            # Deploy: real episodes, counted against the budget (an interrupted deployment's episodes too).
+            used = _real_episodes_logged(log_path)
+            n = min(cfg.episodes_per_iteration, cfg.real_budget - used)
+            if n < 1:
+                break
+            robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=proxy_kwargs),
+                                 episode_budget=n, log_path=log_path, policy_id=f"iteration{it}")
+            try:
+                result = deploy(load_policy(checkpoint), robot, n, seed=cfg.seed * 1_000_003 + 1000 * it)
+            finally:
+                robot.close()
+            iterations.append({"iteration": it, "checkpoint": checkpoint, "real_episodes": n,
+                               "real_episodes_total": used + n, "real_successes": result.successes,
+                               "real_success": result.success_rate, **state["trainings"].get(str(it), {})})
+            write_json(state_path, state)
+            print(f"iteration {it}: {result.summary()} ({used + n}/{cfg.real_budget} real episodes used)", flush=True)
+        entry = iterations[it]
+        if (it == cfg.iterations or entry["real_success"] >= cfg.target_success
+                or entry["real_episodes_total"] >= cfg.real_budget):
+            break
+
+        # Identify from the latest real episodes, then retrain in the identified simulation.
+        ident_path = out / f"iteration{it + 1}" / "identification.json"
+        if ident_path.exists():
+            ident = Identification.load(ident_path)
+        else:
+            ident = identify(task, _latest_real_episodes(log_path, cfg.identification_episodes), cfg.identification,
+                             env_kwargs=proxy_kwargs)
+            ident.save(ident_path)
+        ranges = ident.randomization(cfg.identification)
+        start_from = {"init": checkpoint, "base": None} if isinstance(load_policy(checkpoint), ResidualPolicy) \
+            else {"base": checkpoint, "init": None}
+        train_cfg = replace(cfg.train, **start_from, out_dir=str(out / f"iteration{it + 1}"),
+                            env_kwargs={**cfg.train.env_kwargs, "randomization": ranges},
+                            ppo=replace(cfg.train.ppo, resume=True))
+        run = train_residual(train_cfg)
+        evaluated = [h["success_rate"] for h in run.ppo.history if "success_rate" in h]
+        # What the next iteration's policy was trained on, and how it did in that simulation.
+        state["trainings"][str(it + 1)] = {"identification": {**ident.simulation(), "identifiable": ident.identifiable},
+                                           "sim_success": max(evaluated) if evaluated else None}
+        write_json(state_path, state)
+    text = _sim2real_report(state, cfg)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text)
+    _plot_sim2real(state, out / "sim2real_success.png")
+    print(text)
+    return 0
+
+
+def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
+    rows = []
+    for entry in state["iterations"]:
+        ident = entry.get("identification", {})
+        physics = ", ".join(f"{k.replace('_scale', '')} {v:.2f}" for k, v in ident.items() if k.endswith("_scale"))
+        latency = f"latency {ident['action_latency_steps']}, noise {ident['obs_noise_std']:.2g}" if ident else ""
+        sim = entry.get("sim_success")
+        rows.append(f"| {entry['iteration']} | {format_rate(entry['real_successes'], entry['real_episodes'])} | "
+                    f"{entry['real_episodes_total']} | {'' if sim is None else f'{100 * sim:.0f}%'} | "
+                    f"{physics}{'; ' if physics and latency else ''}{latency} |")
+    first, last = state["iterations"][0], state["iterations"][-1]
+    return "\n".join([
+        f"# Iterative sim-to-real: {state['task']} on the real proxy (secret seed {state['secret_seed']})", "",
+        f"Policy trained in the nominal simulation: `{state['policy']}`. Real success went from "
+        f"{100 * first['real_success']:.0f}% (iteration 0) to {100 * last['real_success']:.0f}% "
+        f"(iteration {last['iteration']}), using {last['real_episodes_total']} of {cfg.real_budget} real episodes.",
+        "", "| iteration | real success [Wilson 95%] | real episodes used | its success in the identified sim (best "
+        "evaluation) | the simulation it was trained in (identified from the real episodes before it) |",
+        "|---|---|---|---|---|",
+        *rows, ""])
+
+
+def _plot_sim2real(state: dict[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    entries = state["iterations"]
+    x = [e["real_episodes_total"] for e in entries]
+    y = [100 * e["real_success"] for e in entries]
+    ci = [wilson_interval(e["real_successes"], e["real_episodes"]) for e in entries]
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    ax.errorbar(x, y, yerr=[[v - 100 * lo for v, (lo, _) in zip(y, ci)], [100 * hi - v for v, (_, hi) in zip(y, ci)]],
+                marker="o", capsize=3)
+    for e, xi, yi in zip(entries, x, y):
+        ax.annotate(f"it {e['iteration']}", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("real episodes used")
+    ax.set_ylabel("real success (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title(f"iterative sim-to-real: {state['task']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING
 
 from roboloop.cli.train_bc import evaluation_fn
 from roboloop.core.checkpoint import file_fingerprint, load_policy, read_meta, read_policy_config
@@ -19,6 +18,7 @@ from roboloop.datasets.collection import make_vector_env
 from roboloop.envs import task_info
 from roboloop.envs.evaluation import EvalConfig, evaluate, plot_success_curve
 from roboloop.residual_rl import PPO, PPOConfig, PPOResult, ResidualConfig, ResidualPolicy, ResidualVecEnv
+from roboloop.residual_rl.policy import BASE_DIR
 from roboloop.training import distributed
 from roboloop.utils.io import write_json
 
@@ -49,6 +49,9 @@ class TrainResidualConfig:
 
     Attributes:
         base: BC checkpoint directory to refine (its weights are never changed).
+        init: A residual checkpoint to start from instead of a zero head: its base is the base (``base`` may be
+            left out) and its head, with its residual config, is trained further, e.g. in an identified simulation
+            (``roboloop sim2real``). The critic starts afresh, with the warm-up.
         task: Task to train on (default: the base's task; another task must have the same spaces).
         env_kwargs: Env constructor arguments on top of the base's (e.g. ``clearance``).
         residual: The head and how its delta is applied (mode, scale, widths, std).
@@ -74,7 +77,8 @@ class TrainResidualConfig:
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.
     """
 
-    base: str = MISSING
+    base: str | None = None
+    init: str | None = None
     task: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
@@ -110,19 +114,26 @@ class ResidualRunResult:
 
 def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     """Load the base, wrap the task's vector env around it, train the head with our PPO."""
-    base_dir = Path(cfg.base)
+    if cfg.base is None and cfg.init is None:
+        raise ConfigError("train-residual needs base=<BC checkpoint> (or init=<residual checkpoint> to continue "
+                          "training a residual)")
     device = distributed.resolve_device(cfg.device)
-    base = load_policy(base_dir, device=device)
+    init = _load_init(cfg.init, device) if cfg.init is not None else None
+    # A residual checkpoint carries a copy of its base, which is then the base.
+    base_dir = Path(cfg.init) / BASE_DIR if cfg.init is not None else Path(cfg.base)  # type: ignore[arg-type]
+    base = init.base if init is not None else load_policy(base_dir, device=device)
     if isinstance(base, ResidualPolicy):
-        raise ConfigError(f"{str(base_dir)!r} is already a residual policy: refine its base, or resume that run")
-    meta = read_meta(base_dir)
+        raise ConfigError(f"{str(base_dir)!r} is already a residual policy: refine its base, resume that run, or "
+                          "continue it with init=")
+    # The task and env_kwargs the base (or the residual continued) was trained with.
+    meta = read_meta(cfg.init if cfg.init is not None else base_dir)
     task = cfg.task or meta.get("task")
     if task is None:
         raise ConfigError(f"{str(base_dir)!r} does not record its task: pass task=...")
     task = task_info(task).name
     env_kwargs = {**meta.get("env_kwargs", {}), **cfg.env_kwargs}
     torch.manual_seed(cfg.ppo.seed)
-    residual = ResidualPolicy.from_base(base, cfg.residual)
+    residual = init if init is not None else ResidualPolicy.from_base(base, cfg.residual)
     out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{mode}", residual.config.mode))
     _check_same_residual(out_dir / "checkpoints" / "last", residual)
     group_size = cfg.n_envs // cfg.env_groups
@@ -153,7 +164,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     logger.info("base success %.1f%% over %d episodes", 100 * base_success, cfg.eval.n_episodes)
 
     run_meta = {"task": task, "env_kwargs": env_kwargs, "base_checkpoint": str(base_dir),
-                "base_sha256": file_fingerprint(base_dir / "model.safetensors"), "base_success": base_success}
+                "base_sha256": file_fingerprint(base_dir / "model.safetensors"), "base_success": base_success,
+                "init": cfg.init}
     ppo = PPO(residual.head, envs, cfg.ppo, out_dir,
               evaluate_fn=lambda _head, iteration: evaluate_residual(residual, iteration),
               save_policy=lambda directory: residual.save(directory, meta=run_meta), meta=run_meta)
@@ -168,6 +180,15 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
                                out_dir / "success_curve.png", title=f"residual PPO on {task}",
                                reference=("base", base_success))
     return ResidualRunResult(base_success, result, curve)
+
+
+def _load_init(path: str, device: torch.device) -> ResidualPolicy:
+    """The residual checkpoint ``init=`` names."""
+    policy = load_policy(path, device=device)
+    if not isinstance(policy, ResidualPolicy):
+        raise ConfigError(f"init={path!r} is a {type(policy).__name__}, not a residual checkpoint: pass a BC "
+                          "checkpoint as base= instead")
+    return policy
 
 
 def _check_same_residual(last: Path, residual: ResidualPolicy) -> None:

@@ -82,3 +82,22 @@ def test_bad_input_is_refused(bc_base: Path, tmp_path: Path, capsys: pytest.Capt
     assert "does not fit FetchPickAndPlace-v4" in capsys.readouterr().err
     assert main(["train-residual", f"base={tmp_path / 'nothing'}", *RESIDUAL]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_init_continues_a_residual_in_another_simulation(bc_base: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train-residual", f"base={bc_base}", f"out_dir={first}", "ppo.total_env_steps=60", *RESIDUAL]) == 0
+    trained = load_file(str(first / "checkpoints" / "last" / "model.safetensors"))
+    # One iteration, the critic's warm-up: the actor is not updated, so the saved head is the init's, exactly.
+    assert main(["train-residual", f"init={first / 'checkpoints' / 'last'}", f"out_dir={second}",
+                 "ppo.total_env_steps=20", "env_kwargs.randomization.action_latency_steps=[1,1]", *RESIDUAL]) == 0
+    continued = load_file(str(second / "checkpoints" / "last" / "model.safetensors"))
+    assert continued.keys() == trained.keys() and all(torch.equal(continued[k], trained[k]) for k in trained)
+    meta = json.loads((second / "checkpoints" / "last" / "meta.json").read_text())
+    assert meta["init"] == str(first / "checkpoints" / "last")
+    assert meta["env_kwargs"]["randomization"]["action_latency_steps"] == [1, 1]
+    assert main(["train-residual", f"init={bc_base}", *RESIDUAL]) == 2
+    assert "not a residual checkpoint" in capsys.readouterr().err
+    assert main(["train-residual", *RESIDUAL]) == 2
+    assert "needs base=" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""``roboloop sysid`` end to end on the real proxy with a tiny search: the episodes are logged as real, the
-identification and its report are written, a log can be identified again from the file, and too little data is
-refused with a clear error."""
+"""``roboloop sysid`` and ``roboloop sim2real`` end to end on the real proxy, tiny: real episodes are logged as
+real, identifications and reports are written, a log can be identified again from its file, the loop retrains in the
+identified simulation and resumes, and too little data is refused with a clear error."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from roboloop.cli.main import main
 from roboloop.datasets.store import EpisodeStore
+from tests.smoke.test_residual_cli import BC, RESIDUAL
 
 SMALL = ["task=Lift", "env_kwargs.max_episode_steps=30", "identification.max_evaluations=8",
          "identification.popsize=4", "identification.rounds=1", "identification.min_steps=60",
@@ -40,3 +41,42 @@ def test_sysid_on_the_real_proxy_then_from_its_log(tmp_path: Path, capsys: pytes
 def test_sysid_refuses_too_little_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sysid", "episodes=1", f"output_dir={tmp_path}", *SMALL]) == 2
     assert "at least 3 episodes" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_residual(lift_demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim2real")
+    assert main(["train-bc", f"dataset={lift_demos}", f"out_dir={out / 'bc'}", "policy.obs_keys=[observation.state]",
+                 *BC]) == 0
+    assert main(["train-residual", f"base={out / 'bc' / 'checkpoints' / 'last'}", f"out_dir={out / 'residual'}",
+                 "ppo.total_env_steps=20", *RESIDUAL]) == 0
+    return out / "residual" / "checkpoints" / "last"
+
+
+def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loop"
+    args = [str(tiny_residual), "iterations=1", "episodes_per_iteration=3", "real_budget=6", f"out_dir={out}",
+            *SMALL[2:], *(f"train.{o}" for o in RESIDUAL), "train.reward_shaping=0", "train.reward_shaping_terms=null",
+            "train.ppo.total_env_steps=20"]
+    assert main(["sim2real", *args]) == 0
+    text = capsys.readouterr().out
+    assert "iteration 0: real success" in text and "iteration 1: real success" in text
+    report = json.loads((out / "report.json").read_text())
+    assert [e["iteration"] for e in report["iterations"]] == [0, 1]
+    assert report["iterations"][1]["real_episodes_total"] == 6
+    assert report["iterations"][1]["checkpoint"] == str(out / "iteration1" / "checkpoints" / "best")
+    assert set(report["trainings"]["1"]["identification"]) >= {"actuator_gain_scale", "action_latency_steps"}
+    with EpisodeStore(out / "real_episodes.hdf5") as store:
+        assert [store.attrs(i)["policy_id"] for i in range(len(store))] == ["iteration0"] * 3 + ["iteration1"] * 3
+    assert (out / "report.md").exists() and (out / "sim2real_success.png").stat().st_size > 0
+    # The retraining ran in the identified simulation.
+    meta = json.loads((out / "iteration1" / "checkpoints" / "last" / "meta.json").read_text())
+    assert "actuator_gain_scale" in meta["env_kwargs"]["randomization"]
+
+    # A finished run resumes to nothing new; a rerun without resume is refused.
+    assert main(["sim2real", *args, "resume=true"]) == 0
+    with EpisodeStore(out / "real_episodes.hdf5") as store:
+        assert len(store) == 6
+    assert main(["sim2real", *args]) == 2
+    assert "resume=true" in capsys.readouterr().err

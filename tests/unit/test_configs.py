@@ -19,12 +19,14 @@ def test_train_bc_presets_compose(preset: str) -> None:
     assert cfg.task == task and cfg.policy_name == policy and isinstance(cfg.policy, PolicyConfig)
 
 
-@pytest.mark.parametrize("command", ["collect", "replay", "info", "quickstart", "train-bc", "eval"])
+@pytest.mark.parametrize("command", ["collect", "replay", "info", "quickstart", "train-bc", "eval", "sysid",
+                                     "sim2real"])
 def test_command_defaults_compose(command: str) -> None:
     cmd = _commands()[command]
     if cmd.register is not None:
         cmd.register()
-    required = {"replay": ["file=x.hdf5"], "info": ["file=x.hdf5"], "eval": ["checkpoint=x"]}.get(command, [])
+    required = {"replay": ["file=x.hdf5"], "info": ["file=x.hdf5"], "eval": ["checkpoint=x"],
+                "sim2real": ["checkpoint=x"]}.get(command, [])
     assert compose_config(command, cmd.schema(), required) is not None
 
 
@@ -33,3 +35,10 @@ def test_every_task_has_a_task_option() -> None:
 
     options = {p.stem for p in (CONFIG_DIR / "train_bc" / "task").glob("*.yaml")}
     assert options == set(TASKS)
+
+
+def test_the_sim2real_preset_sets_the_retraining_and_keeps_it_typed() -> None:
+    cmd = _commands()["sim2real"]
+    cfg = compose_config("sim2real", cmd.schema(), ["checkpoint=x", "train.ppo.total_env_steps=1000"])
+    assert type(cfg.train).__name__ == "TrainResidualConfig" and cfg.train.reward_shaping_mode == "dense"
+    assert cfg.train.ppo.total_env_steps == 1000 and cfg.train.ppo.n_steps == 150

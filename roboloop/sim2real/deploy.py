@@ -1,0 +1,71 @@
+"""Run a policy on a real robot: one episode at a time, through the same chunk executor as evaluation in simulation.
+
+A real robot is one env, not a vector of them, and takes no reset options, so ``evaluate``'s vector envs do not fit
+it. :func:`deploy` drives a :class:`~roboloop.sim2real.real_robot.RealRobotEnv` with a
+:class:`~roboloop.envs.executor.ChunkExecutor` of one env: the same observation history, action chunking and
+per-step residual correction as in simulation. Every episode is logged by the ``RealRobotEnv`` and spends its budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from roboloop.core.metrics import format_rate, wilson_interval
+from roboloop.core.policy import Policy
+from roboloop.envs.executor import ChunkExecutor
+from roboloop.sim2real.real_robot import RealRobotEnv
+
+
+@dataclass
+class DeployResult:
+    """Per-episode outcomes of a deployment (``{"seed", "success", "length", "return"}`` each)."""
+
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def successes(self) -> int:
+        return sum(e["success"] for e in self.episodes)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(len(self.episodes), 1)
+
+    @property
+    def success_ci(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, len(self.episodes))
+
+    def summary(self) -> str:
+        return f"real success: {format_rate(self.successes, len(self.episodes))}"
+
+
+def deploy(policy: Policy, robot: RealRobotEnv, n_episodes: int, *, seed: int | None = None,
+           deterministic: bool = True) -> DeployResult:
+    """Run ``n_episodes`` episodes of ``policy`` on ``robot`` (in eval mode, restored after).
+
+    Args:
+        seed: Episode k resets with ``seed + k`` (a real robot may ignore it; the real proxy draws its start from
+            it, so two policies can face the same starts).
+    """
+    robot.check_observations(list(policy.spec.obs_shapes))
+    executor = ChunkExecutor(policy, 1, deterministic=deterministic)
+    result = DeployResult()
+    was_training = policy.training
+    policy.eval()
+    try:
+        for k in range(n_episodes):
+            episode_seed = None if seed is None else seed + k
+            obs, info = robot.reset(seed=episode_seed)
+            executor.reset()
+            success, length, ret, done = bool(info.get("is_success", False)), 0, 0.0, False
+            while not done:
+                action = executor.act({key: np.asarray(v)[None] for key, v in obs.items()})[0]
+                obs, reward, terminated, truncated, info = robot.step(action)
+                success |= bool(info.get("is_success", False))
+                length, ret, done = length + 1, ret + float(reward), terminated or truncated
+            result.episodes.append({"seed": episode_seed, "success": success, "length": length, "return": ret})
+    finally:
+        policy.train(was_training)
+    return result
