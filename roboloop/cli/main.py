@@ -88,6 +88,9 @@ def _commands() -> dict[str, Command]:
         "sim2real": Command(lambda: sim2real().Sim2RealConfig, lambda cfg: sim2real().run_sim2real(cfg),
                             "iterative sim-to-real on the real proxy: deploy, identify, retrain the residual, repeat",
                             "checkpoint"),
+        "self-improve": Command(lambda: sim2real().SelfImproveConfig, lambda cfg: sim2real().run_self_improve(cfg),
+                                "SAIL-style self-improvement of a BC policy on a task variant: roll out, keep "
+                                "successes, finetune, repeat", "checkpoint"),
         "eval": Command(lambda: bc().EvalCommandConfig, lambda cfg: bc().run_eval(cfg),
                         "evaluate a checkpoint: success with a Wilson 95% interval, plot, videos", "checkpoint"),
     }

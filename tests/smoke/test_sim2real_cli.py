@@ -44,13 +44,18 @@ def test_sysid_refuses_too_little_data(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.fixture(scope="module")
-def tiny_residual(lift_demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sim2real")
-    assert main(["train-bc", f"dataset={lift_demos}", f"out_dir={out / 'bc'}", "policy.obs_keys=[observation.state]",
+def tiny_bc(lift_demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bc")
+    assert main(["train-bc", f"dataset={lift_demos}", f"out_dir={out}", "policy.obs_keys=[observation.state]",
                  *BC]) == 0
-    assert main(["train-residual", f"base={out / 'bc' / 'checkpoints' / 'last'}", f"out_dir={out / 'residual'}",
-                 "ppo.total_env_steps=20", *RESIDUAL]) == 0
-    return out / "residual" / "checkpoints" / "last"
+    return out / "checkpoints" / "last"
+
+
+@pytest.fixture(scope="module")
+def tiny_residual(tiny_bc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("residual")
+    assert main(["train-residual", f"base={tiny_bc}", f"out_dir={out}", "ppo.total_env_steps=20", *RESIDUAL]) == 0
+    return out / "checkpoints" / "last"
 
 
 def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, tmp_path: Path,
@@ -80,3 +85,26 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
         assert len(store) == 6
     assert main(["sim2real", *args]) == 2
     assert "resume=true" in capsys.readouterr().err
+
+
+def test_self_improve_rolls_out_grows_the_dataset_finetunes_and_resumes(tiny_bc: Path, lift_demos: Path,
+                                                                        tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sail"
+    args = [str(tiny_bc), "rounds=1", "episodes_per_round=2", "n_envs=1", "keep=all", "train.steps=2",
+            "train.batch_size=4", "train.checkpoint_every=1", "train.device=cpu", f"out_dir={out}",
+            "env_kwargs.randomization.poses.cube.x=[-0.2,0.2]"]
+    assert main(["self-improve", *args]) == 0
+    assert "round 0: success" in capsys.readouterr().out
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[0]["kept"] == 2 and rounds[1]["kept"] == 0
+    with EpisodeStore(lift_demos) as demos, EpisodeStore(out / "round1" / "dataset.hdf5") as grown:
+        assert len(grown) == len(demos) + 2
+        assert [grown.attrs(i)["source"] for i in range(len(demos), len(grown))] == ["self_improvement"] * 2
+    assert rounds[1]["checkpoint"] == str(out / "round1" / "checkpoints" / "last")
+    assert (out / "report.md").exists() and (out / "self_improve_success.png").exists()
+    assert main(["self-improve", *args, "resume=true"]) == 0
+    with EpisodeStore(out / "round1" / "dataset.hdf5") as grown:
+        assert len(grown) == len(demos) + 2
+    assert main(["self-improve", *args]) == 2
+    assert main(["self-improve", "keep=some", str(tiny_bc)]) == 2

@@ -1,0 +1,192 @@
+"""Self-improvement (SAIL-style): a BC policy rolls out on a task variant its demonstrations did not cover, keeps what
+succeeded, adds it to its dataset and is finetuned on the result, round after round.
+
+Round r rolls the current policy out for ``episodes_per_round`` fresh seeded episodes on the variant (these episodes
+are also round r's measurement of success), appends the successful ones (all of them with ``keep="all"``: SAIL
+finds that filtering matters little) to a copy of the demonstrations, and continues training the policy on the
+whole file for ``train.steps`` steps. The policy's normalizer is kept from behavior cloning, so the finetuned
+weights see observations scaled as before. After the last round the final policy is measured the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roboloop.core.checkpoint import load_policy, read_meta
+from roboloop.core.errors import ConfigError, InputError
+from roboloop.core.metrics import format_rate
+from roboloop.core.policy import Policy
+from roboloop.datasets.collection import CollectConfig, collect
+from roboloop.datasets.store import EpisodeStore, EpisodeWriter
+from roboloop.envs.executor import ChunkExecutor
+from roboloop.training import BCTrainer, TrainConfig
+from roboloop.utils.io import write_json
+
+logger = logging.getLogger(__name__)
+ROLLOUT_SOURCE = "self_improvement"
+
+
+class PolicyActor:
+    """One sub-env's view of a policy, for ``collect``: its own chunk executor (history and action queue)."""
+
+    def __init__(self, policy: Policy, *, deterministic: bool = True) -> None:
+        self.executor = ChunkExecutor(policy, 1, deterministic=deterministic)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.executor.reset()
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.executor.act({k: np.asarray(v)[None] for k, v in obs.items()})[0]
+
+
+@dataclass
+class SelfImproveConfig:
+    """``roboloop self-improve CHECKPOINT env_kwargs.randomization...=...``: SAIL-style self-improvement.
+
+    Attributes:
+        checkpoint: A BC policy (its meta names the task and the demonstrations it was cloned from).
+        dataset: The demonstrations to start from (default: the checkpoint's training dataset).
+        env_kwargs: The variant, on top of the checkpoint's env_kwargs (e.g. a wider pose range).
+        rounds: Rollout-and-finetune rounds.
+        episodes_per_round: Rollouts per round (and for the final measurement).
+        keep: ``success`` (keep successful rollouts) or ``all``.
+        n_envs: Parallel envs for the rollouts.
+        train: Finetuning per round (``steps`` each round; the rest as in behavior cloning).
+        seed: Round r's rollouts use seeds ``seed + 100_000 r + k``.
+        resume: Continue a killed run in ``out_dir``.
+        out_dir: Output directory (``{task}`` is filled in).
+    """
+
+    checkpoint: str | None = None
+    dataset: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 3
+    episodes_per_round: int = 100
+    keep: str = "success"
+    n_envs: int = 4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, progress=False))
+    seed: int = 500_000
+    resume: bool = False
+    out_dir: str = "outputs/self_improve/{task}"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is None:
+            raise ConfigError("self-improve needs the checkpoint of a BC policy")
+        if self.keep not in ("success", "all"):
+            raise ConfigError(f"keep must be 'success' or 'all', got {self.keep!r}")
+        if min(self.rounds, self.episodes_per_round, self.n_envs) < 1:
+            raise ConfigError("self-improve rounds, episodes_per_round and n_envs must be >= 1")
+
+
+@dataclass
+class RoundResult:
+    round: int
+    checkpoint: str
+    successes: int
+    episodes: int
+    kept: int  # rollouts added to the dataset after this measurement (0 for the final one)
+    dataset_episodes: int
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes
+
+
+def _rollouts(policy: Policy, task: str, env_kwargs: dict[str, Any], cfg: SelfImproveConfig, r: int,
+              path: Path) -> None:
+    if path.exists():
+        return  # measured before a restart
+    cameras = [k.removeprefix("observation.images.") for k in policy.spec.image_keys]
+    image_size = policy.spec.obs_shapes[policy.spec.image_keys[0]][0] if cameras else 84
+    tmp = path.with_name(f".{path.name}.partial")
+    collect(CollectConfig(task=task, n_episodes=cfg.episodes_per_round, cameras=cameras, image_size=image_size,
+                          n_envs=cfg.n_envs, seed=cfg.seed + 100_000 * r, output=str(tmp), env_kwargs=env_kwargs,
+                          source=ROLLOUT_SOURCE, progress=False),
+            actors=[PolicyActor(policy) for _ in range(cfg.n_envs)], policy_id=f"round{r}")
+    tmp.replace(path)
+
+
+def _grown_dataset(previous: Path, rollouts: Path, keep: str, path: Path) -> None:
+    """``path``: a copy of ``previous`` plus the kept ``rollouts``, written whole or not at all."""
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.copyfile(previous, tmp)
+    with EpisodeStore(rollouts) as store:
+        episodes = [store.episode(i) for i in range(len(store)) if keep == "all" or store.attrs(i)["success"]]
+    with EpisodeWriter(tmp, mode="a") as writer:
+        for episode in episodes:
+            writer.append(episode)
+        writer.update_success_mask()
+    tmp.replace(path)
+
+
+def _episodes(path: Path) -> int:
+    with EpisodeStore(path) as store:
+        return len(store)
+
+
+def self_improve(cfg: SelfImproveConfig) -> list[RoundResult]:
+    """Run the rounds (see the module docstring); returns one result per measured policy (rounds + 1)."""
+    from roboloop.datasets.sampler import SequenceDataset
+
+    assert cfg.checkpoint is not None  # checked by the config
+    meta = read_meta(cfg.checkpoint)
+    task = meta.get("task")
+    demos = cfg.dataset or meta.get("dataset")
+    if task is None or demos is None:
+        raise InputError(f"{cfg.checkpoint} does not record its task and dataset: is it a BC checkpoint?")
+    if not Path(demos).exists():
+        raise InputError(f"the demonstrations {demos} are gone: pass dataset=<episode file>")
+    env_kwargs = {**meta.get("env_kwargs", {}), **cfg.env_kwargs}
+    out = Path(cfg.out_dir.replace("{task}", task))
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"{out} is not empty: pass resume=true to continue that run, or another out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = Path(demos)
+
+    results: list[RoundResult] = []
+    checkpoint = cfg.checkpoint
+    for r in range(cfg.rounds + 1):
+        policy = load_policy(checkpoint)
+        rollouts = out / f"round{r}" / "rollouts.hdf5"
+        rollouts.parent.mkdir(parents=True, exist_ok=True)
+        _rollouts(policy, task, env_kwargs, cfg, r, rollouts)
+        with EpisodeStore(rollouts) as store:
+            successes, episodes = sum(store.attrs(i)["success"] for i in range(len(store))), len(store)
+        kept = 0
+        if r < cfg.rounds:
+            grown = out / f"round{r + 1}" / "dataset.hdf5"  # what policy r + 1 is finetuned on
+            grown.parent.mkdir(parents=True, exist_ok=True)
+            _grown_dataset(dataset, rollouts, cfg.keep, grown)
+            kept = _episodes(grown) - _episodes(dataset)
+            dataset = grown
+        size = _episodes(dataset)
+        results.append(RoundResult(r, checkpoint, successes, episodes, kept, size))
+        logger.info("round %d: %s on the variant, %d rollouts kept, dataset %d episodes", r,
+                    format_rate(successes, episodes), kept, size)
+        print(f"round {r}: success {format_rate(successes, episodes)}; kept {kept}, dataset {size} episodes",
+              flush=True)
+        if r == cfg.rounds:
+            break
+        # Finetune on demonstrations + kept rollouts, from the current weights and normalizer.
+        spec = policy.spec
+        data = SequenceDataset(dataset, obs_keys=list(spec.obs_shapes), n_obs_steps=spec.n_obs_steps,
+                               horizon=spec.horizon, n_action_steps=spec.n_action_steps)
+        run_dir = out / f"round{r + 1}"
+        trainer = BCTrainer(policy, data, replace(cfg.train, resume=True), run_dir,
+                            meta={**meta, "env_kwargs": meta.get("env_kwargs", {}), "dataset": str(dataset),
+                                  "self_improve_round": r + 1, "init": checkpoint})
+        checkpoint = str(trainer.fit().last_checkpoint)
+    write_json(out / "rounds.json", [{**vars(x), "success_rate": x.success_rate} for x in results])
+    return results
+
+
+__all__: Sequence[str] = ["PolicyActor", "RoundResult", "SelfImproveConfig", "self_improve"]
