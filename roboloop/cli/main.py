@@ -88,6 +88,9 @@ def _commands() -> dict[str, Command]:
         "sim2real": Command(lambda: sim2real().Sim2RealConfig, lambda cfg: sim2real().run_sim2real(cfg),
                             "iterative sim-to-real on the real proxy: deploy, identify, retrain the residual, repeat",
                             "checkpoint"),
+        "distill": Command(lambda: sim2real().DistillConfig, lambda cfg: sim2real().run_distill(cfg),
+                           "distill a state-based teacher into an image student with DAgger, under visual "
+                           "randomization; deploy both on the real proxy", "teacher"),
         "self-improve": Command(lambda: sim2real().SelfImproveConfig, lambda cfg: sim2real().run_self_improve(cfg),
                                 "SAIL-style self-improvement of a BC policy on a task variant: roll out, keep "
                                 "successes, finetune, repeat", "checkpoint"),

@@ -1,6 +1,6 @@
 """``roboloop sysid`` (identify a task's simulation from real episodes), ``roboloop sim2real`` (iterative
-sim-to-real against the real proxy) and ``roboloop self-improve`` (SAIL-style rounds on a task variant), each with a
-report."""
+sim-to-real against the real proxy), ``roboloop distill`` (teacher-student distillation to an image policy) and
+``roboloop self-improve`` (SAIL-style rounds on a task variant), each with a report."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from roboloop.envs import task_info
 from roboloop.envs.experts import make_expert
 from roboloop.residual_rl import ResidualPolicy
 from roboloop.sim2real.deploy import deploy
-from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv
+from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
+from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv, proxy_env_kwargs
 from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, SettlingActor, identify
 from roboloop.utils.io import atomic_path, write_json
@@ -224,8 +225,7 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
     assert cfg.checkpoint is not None  # checked by the config
     meta = read_meta(cfg.checkpoint)
     task = task_info(meta.get("task") or "PegInsert").name
-    # The proxy is the task's geometry (clearance...) under hidden parameters: the policy's randomization is not its.
-    proxy_kwargs = {k: v for k, v in meta.get("env_kwargs", {}).items() if k != "randomization"}
+    proxy_kwargs = proxy_env_kwargs(meta.get("env_kwargs", {}))
     out = Path(cfg.out_dir.replace("{task}", task))
     state_path, log_path = out / "report.json", out / "real_episodes.hdf5"
     if out.exists() and any(out.iterdir()) and not cfg.resume:
@@ -372,3 +372,47 @@ def _plot_rounds(results: list[Any], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
+
+
+def run_distill(cfg: DistillConfig) -> int:
+    rounds = distill(cfg)
+    assert cfg.teacher is not None  # checked by the config
+    meta = read_meta(cfg.teacher)
+    task = task_info(meta.get("task") or "Lift").name
+    out = Path(cfg.out_dir.replace("{task}", task))
+    student_checkpoint = rounds[-1].checkpoint
+    real: dict[str, Any] = {}
+    if cfg.real_episodes:
+        # Teacher and student on the same real-proxy starts; the proxy renders the student's cameras.
+        proxy_kwargs = proxy_env_kwargs(student_env_kwargs(meta.get("env_kwargs", {}), cfg))
+        log_path = out / "real_episodes.hdf5"
+        log_path.unlink(missing_ok=True)
+        for name, checkpoint in (("teacher", cfg.teacher), ("student", student_checkpoint)):
+            robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=proxy_kwargs),
+                                 episode_budget=cfg.real_episodes, log_path=log_path, policy_id=name)
+            try:
+                result = deploy(load_policy(checkpoint), robot, cfg.real_episodes, seed=cfg.seed + 9_000_000)
+            finally:
+                robot.close()
+            real[name] = {"successes": result.successes, "episodes": cfg.real_episodes}
+            print(f"{name} on the real proxy: {result.summary()}", flush=True)
+    rows = [f"| {r.round} | {r.beta:.2f} | {r.teacher_steps} / {r.student_steps} | "
+            f"{'' if r.sim_success is None else f'{100 * r.sim_success:.0f}%'} | `{r.checkpoint}` |" for r in rounds]
+    lines = [f"# Teacher-student distillation: {task}", "",
+             f"Teacher `{cfg.teacher}` (state) -> image student ({', '.join(cfg.student.obs_keys)}, "
+             f"{cfg.image_size}x{cfg.image_size}), {cfg.episodes_per_round} labelled episodes per round under visual "
+             "randomization.", "",
+             "| round | beta (teacher's share) | steps executed by teacher / student | student success, randomized sim "
+             "| student |", "|---|---|---|---|---|", *rows, ""]
+    if real:
+        t, s = real["teacher"], real["student"]
+        ratio = s["successes"] / t["successes"] if t["successes"] else float("nan")
+        lines += [f"On the real proxy (secret seed {cfg.secret_seed}, its camera and lighting shift): teacher "
+                  f"{format_rate(t['successes'], t['episodes'])}, student {format_rate(s['successes'], s['episodes'])}"
+                  f"; student / teacher = {ratio:.2f}.", ""]
+    write_json(out / "report.json", {"rounds": [vars(r) for r in rounds], "real": real})
+    text = "\n".join(lines)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text)
+    print(text)
+    return 0

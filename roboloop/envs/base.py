@@ -9,7 +9,8 @@ Observation (Dict):
     ``observation.state`` (float32): proprioception ``[eef_pos(3), cos(yaw), sin(yaw),
     finger_gap(1), eef_vel(3)]`` followed by the task's object and fixture poses (see each task's
     ``observation_structure``). ``observation.images.<camera>`` (uint8, H x W x 3) for each camera
-    asked for in ``cameras``.
+    asked for in ``cameras``. With ``proprio=True`` also ``observation.proprio`` (float32, 9): the
+    proprioception alone, for image policies that must not read object poses (distilled students).
 
 Control runs at ``control_freq`` Hz over ``physics_dt`` physics steps. Everything an episode varies
 comes from the :class:`~roboloop.envs.randomization.RandomizationSpec` and ``np_random``; the
@@ -36,6 +37,7 @@ from roboloop.envs.randomization import ModelRandomizer, PoseRange, Randomizatio
 from roboloop.envs.rendering import Renderers
 
 STATE_KEY = "observation.state"
+PROPRIO_KEY = "observation.proprio"
 IMAGE_PREFIX = "observation.images."
 ACTION_DIM = 5
 PROPRIO_STRUCTURE: dict[str, int] = {"eef_pos": 3, "eef_yaw_cos_sin": 2, "finger_gap": 1, "eef_vel": 3}
@@ -111,6 +113,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         terminate_on_success: End the episode (``terminated=True``) on the first successful step.
         max_delta_pos: Setpoint change, in metres, of a full-scale position action.
         max_delta_yaw: Setpoint change, in radians, of a full-scale yaw action.
+        proprio: Also observe ``observation.proprio`` (the first 9 values of ``observation.state``, with the same
+            sensor noise).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -136,6 +140,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         terminate_on_success: bool = True,
         max_delta_pos: float = 0.03,
         max_delta_yaw: float = 0.3,
+        proprio: bool = False,
     ) -> None:
         self.cameras = tuple(cameras)
         unknown = [c for c in self.cameras if c not in scene.CAMERA_NAMES]
@@ -168,6 +173,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.n_substeps = int(round(n_substeps))
         self.max_delta_pos = float(max_delta_pos)
         self.max_delta_yaw = float(max_delta_yaw)
+        self.proprio = bool(proprio)
         self.metadata = {**type(self).metadata, "render_fps": self.control_freq}
         self.randomization = RandomizationSpec.from_mapping(randomization, self.default_randomization())
 
@@ -197,6 +203,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         obs_spaces: dict[str, spaces.Space] = {
             STATE_KEY: spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)
         }
+        if self.proprio:
+            obs_spaces[PROPRIO_KEY] = spaces.Box(-np.inf, np.inf, (sum(PROPRIO_STRUCTURE.values()),), np.float32)
         for cam in self.cameras:
             obs_spaces[image_key(cam)] = spaces.Box(0, 255, (*self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -417,6 +425,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         state[6:9] = d.qvel[self._grip_qvel : self._grip_qvel + 3]
         self._task_observation(state[9:])
         obs = {STATE_KEY: self._obs_noise(state).astype(np.float32)}
+        if self.proprio:
+            obs[PROPRIO_KEY] = obs[STATE_KEY][: sum(PROPRIO_STRUCTURE.values())].copy()
         if self.cameras:
             # Rendering reads derived poses (geom_xpos...), which mj_step leaves one physics step stale.
             refresh_derived(self.model, self.data)

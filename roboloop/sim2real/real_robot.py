@@ -120,6 +120,16 @@ class HiddenParameters:
         return sample
 
 
+def proxy_env_kwargs(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy's env_kwargs as a real proxy takes them: the task's geometry, cameras and pose ranges, without the
+    physical and visual randomization it was trained under (the proxy's own hidden values replace those)."""
+    kwargs = dict(env_kwargs)
+    randomization = dict(kwargs.pop("randomization", None) or {})
+    if "poses" in randomization:
+        kwargs["randomization"] = {"poses": randomization["poses"]}
+    return kwargs
+
+
 class RealProxy:
     """A task's simulation under hidden parameters, seen only through what a real robot would report.
 

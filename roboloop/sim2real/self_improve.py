@@ -113,8 +113,9 @@ def _rollouts(policy: Policy, task: str, env_kwargs: dict[str, Any], cfg: SelfIm
     tmp.replace(path)
 
 
-def _grown_dataset(previous: Path, rollouts: Path, keep: str, path: Path) -> None:
-    """``path``: a copy of ``previous`` plus the kept ``rollouts``, written whole or not at all."""
+def grow_dataset(previous: Path, rollouts: Path, keep: str, path: Path) -> None:
+    """``path``: a copy of ``previous`` plus the ``rollouts`` (``keep``: ``all`` or the successful ones), written
+    whole or not at all (a killed run leaves no half-grown file, and a finished one is not grown twice)."""
     if path.exists():
         return
     tmp = path.with_name(f".{path.name}.partial")
@@ -165,7 +166,7 @@ def self_improve(cfg: SelfImproveConfig) -> list[RoundResult]:
         if r < cfg.rounds:
             grown = out / f"round{r + 1}" / "dataset.hdf5"  # what policy r + 1 is finetuned on
             grown.parent.mkdir(parents=True, exist_ok=True)
-            _grown_dataset(dataset, rollouts, cfg.keep, grown)
+            grow_dataset(dataset, rollouts, cfg.keep, grown)
             kept = _episodes(grown) - _episodes(dataset)
             dataset = grown
         size = _episodes(dataset)
@@ -189,4 +190,4 @@ def self_improve(cfg: SelfImproveConfig) -> list[RoundResult]:
     return results
 
 
-__all__: Sequence[str] = ["PolicyActor", "RoundResult", "SelfImproveConfig", "self_improve"]
+__all__: Sequence[str] = ["PolicyActor", "RoundResult", "SelfImproveConfig", "grow_dataset", "self_improve"]

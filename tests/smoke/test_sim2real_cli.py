@@ -108,3 +108,31 @@ def test_self_improve_rolls_out_grows_the_dataset_finetunes_and_resumes(tiny_bc:
         assert len(grown) == len(demos) + 2
     assert main(["self-improve", *args]) == 2
     assert main(["self-improve", "keep=some", str(tiny_bc)]) == 2
+
+
+def test_distill_labels_with_the_teacher_trains_an_image_student_and_deploys_both(
+        tiny_bc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "distill"
+    args = [str(tiny_bc), "rounds=1", "episodes_per_round=2", "beta=0.5", "image_size=16",
+            "student.obs_keys=[observation.images.front,observation.proprio]", "student.down_dims=[16,32]",
+            "student.step_embed_dim=16", "student.n_groups=4", "student.horizon=8", "student.n_action_steps=4",
+            "student.vision.channels=[8,8]", "student.vision.num_keypoints=4", "student.vision.feature_dim=8",
+            "train.steps=2", "train.batch_size=4", "train.checkpoint_every=1", "train.device=cpu",
+            "eval_episodes=2", "real_episodes=2", f"out_dir={out}"]
+    assert main(["distill", *args]) == 0
+    text = capsys.readouterr().out
+    assert "round 0: beta 1.00" in text and "round 1: beta 0.50" in text
+    assert "teacher on the real proxy" in text and "student on the real proxy" in text
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["rounds"]
+    assert first["student_steps"] == 0 and second["teacher_steps"] > 0 and second["student_steps"] > 0
+    with EpisodeStore(out / "round1" / "labels.hdf5") as store:
+        assert len(store) == 4
+        keys = set(store.obs_keys)
+        assert {"observation.images.front", "observation.proprio", "observation.state"} <= keys
+    student_meta = json.loads((out / "round1" / "checkpoints" / "last" / "meta.json").read_text())
+    assert student_meta["env_kwargs"]["proprio"] is True and "cameras" not in student_meta["env_kwargs"]
+    assert report["real"]["teacher"]["episodes"] == 2 and report["real"]["student"]["episodes"] == 2
+    assert main(["distill", *args, "resume=true"]) == 0  # finished rounds are not redone
+    assert main(["distill", str(tiny_bc), "student.obs_keys=[observation.state]", f"out_dir={tmp_path / 'x'}"]) == 2
+    assert "must not read observation.state" in capsys.readouterr().err
