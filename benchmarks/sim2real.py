@@ -4,8 +4,9 @@ In one run:
 
 1. ``roboloop sim2real <nominal residual> secret_seed=<s> real_budget=100`` (timed): iteration 0 deploys the
    residual policy trained in the nominal simulation by ``residual_success.py`` (``outputs/bench/residual_PegInsert``);
-   each iteration identifies the proxy from the latest real episodes, continues the residual in the identified
-   simulation and deploys it again (20 real episodes per deployment);
+   after each deployment 5 identification probes run on the proxy (the settling scripted expert); each iteration
+   identifies the proxy from the probes so far, continues the residual in the identified simulation and deploys it
+   again (20 real episodes per deployment; 3 iterations: 95 real episodes in all);
 2. the nominal policy and the loop's final policy are each evaluated on the same ``--eval-episodes`` further
    real-proxy episodes (measurement only: these do not train anything), side by side;
 3. every identification is scored against the proxy's hidden truth (``reveal_parameters``, benchmark-only).
@@ -35,10 +36,11 @@ from roboloop.sim2real.real_robot import HIDDEN_SCALES
 
 NOMINAL = REPO_ROOT / "outputs" / "bench" / "residual_PegInsert" / "checkpoints" / "best"
 QUICK_NOMINAL = REPO_ROOT / "outputs" / "bench_quick" / "Lift_diffusion" / "checkpoints" / "last"
-QUICK = ["iterations=1", "episodes_per_iteration=3", "real_budget=6", "identification.max_evaluations=16",
-         "identification.popsize=4", "identification.rounds=1", "identification.min_steps=60", "train.n_envs=2",
-         "train.ppo.n_steps=10", "train.ppo.total_env_steps=40", "train.ppo.eval_every=1", "train.eval.n_episodes=2",
-         "train.reward_shaping=0", "train.reward_shaping_terms=null"]
+QUICK = ["iterations=1", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=9",
+         "identification.max_evaluations=16", "identification.popsize=4", "identification.rounds=1",
+         "identification.min_steps=60", "train.n_envs=2", "train.ppo.n_steps=10", "train.ppo.total_env_steps=40",
+         "train.ppo.eval_every=1", "train.eval.n_episodes=2", "train.reward_shaping=0",
+         "train.reward_shaping_terms=null"]
 MAX_MINUTES = 120.0
 
 

@@ -30,6 +30,8 @@ from roboloop.sim2real.sysid import Identification, IdentificationConfig, Settli
 from roboloop.utils.io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
+#: The policy id of identification episodes (the settling scripted expert) in a real-episode log.
+PROBE_ID = "sysid-probe"
 
 
 @dataclass
@@ -60,25 +62,36 @@ class SysIdConfig:
                               f"{self.settle_steps}")
 
 
+def run_probe_episodes(robot: RealRobotEnv, n_episodes: int, *, settle_steps: int, seed: int,
+                       env_kwargs: dict[str, Any]) -> None:
+    """Run ``n_episodes`` identification episodes of the task's settling expert on ``robot`` (which logs them).
+
+    The expert reads only geometry from an env (never its state), so a nominal one of the same task serves.
+    """
+    nominal = gym.make(task_info(robot.robot.task).env_id, **env_kwargs)
+    actor = SettlingActor(make_expert(robot.robot.task, nominal, seed=seed), settle_steps)
+    try:
+        for i in range(n_episodes):
+            obs, _ = robot.reset(seed=seed + i)
+            actor.reset(seed=seed + i)
+            done = False
+            while not done:
+                obs, _, terminated, truncated, _ = robot.step(actor.act(obs))
+                done = terminated or truncated
+    finally:
+        nominal.close()
+
+
 def run_real_episodes(cfg: SysIdConfig, log_path: Path) -> None:
     """Run ``cfg.episodes`` episodes of the settling expert on the real proxy, logging them to ``log_path``."""
     proxy = RealProxy(cfg.task, secret_seed=cfg.secret_seed, env_kwargs=cfg.env_kwargs)
     log_path.unlink(missing_ok=True)  # a rerun identifies from its own episodes only
-    real = RealRobotEnv(proxy, episode_budget=cfg.episodes, log_path=log_path, policy_id="expert-settling")
-    # The expert reads only geometry from an env (never its state): a nominal one of the same task will do.
-    nominal = gym.make(task_info(cfg.task).env_id, **cfg.env_kwargs)
-    actor = SettlingActor(make_expert(cfg.task, nominal, seed=cfg.seed), cfg.settle_steps)
+    real = RealRobotEnv(proxy, episode_budget=cfg.episodes, log_path=log_path, policy_id=PROBE_ID)
     try:
-        for i in range(cfg.episodes):
-            obs, _ = real.reset(seed=cfg.seed * 100_003 + i)
-            actor.reset(seed=cfg.seed * 100_003 + i)
-            done = False
-            while not done:
-                obs, _, terminated, truncated, _ = real.step(actor.act(obs))
-                done = terminated or truncated
+        run_probe_episodes(real, cfg.episodes, settle_steps=cfg.settle_steps, seed=cfg.seed * 100_003,
+                           env_kwargs=cfg.env_kwargs)
     finally:
         real.close()
-        nominal.close()
 
 
 def read_real_episodes(path: Path) -> list[Any]:
@@ -161,10 +174,14 @@ class Sim2RealConfig:
 
     Iteration 0 deploys ``checkpoint``, trained in the nominal simulation (a residual checkpoint, or a BC checkpoint
     that the first retraining puts a residual head on), on the real proxy for ``episodes_per_iteration``
-    episodes. Each iteration then identifies the simulation from the latest ``identification_episodes`` real
-    episodes, trains the residual further in the identified simulation with randomization around it (``train``,
-    a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are set per
-    iteration) and deploys the result. The loop stops after ``iterations`` retrainings, when the real budget is
+    episodes. After each deployment ``probe_episodes`` identification episodes run on the real proxy too (the
+    task's scripted expert acting on settled observations, as ``roboloop sysid`` runs them), and the simulation is
+    identified from the latest ``identification_episodes`` of those. A task policy's own episodes identify badly:
+    a jammed or half-inserted peg diverges chaotically between the replay and the log, and that divergence swamps
+    the effect of the parameters. ``probe_episodes=0`` identifies from the deployed policy's episodes instead.
+    Each iteration then trains the residual further in the identified simulation with randomization around it
+    (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are
+    set per iteration) and deploys the result. The loop stops after ``iterations`` retrainings, when the real budget is
     spent, or when a deployment reaches ``target_success``. Everything the real proxy saw is in
     ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success, the success in
     the identified simulation and the identified parameters, and ``sim2real_success.png`` plots real success
@@ -175,8 +192,10 @@ class Sim2RealConfig:
         secret_seed: The real proxy's hidden parameters.
         iterations: Retrainings at most.
         episodes_per_iteration: Real episodes per deployment.
-        real_budget: Real episodes in all (deployments; identification reuses them).
-        identification_episodes: Identify from at most this many of the latest real episodes.
+        real_budget: Real episodes in all (deployments and identification probes).
+        probe_episodes: Identification episodes run after each deployment (0: identify from deployments).
+        settle_steps: The probes' expert acts every this many steps and holds still in between.
+        identification_episodes: Identify from at most this many of the latest probe (or real) episodes.
         target_success: Stop once a deployment's success reaches this.
         identification: How each identification searches.
         train: The retraining (residual PPO) settings.
@@ -187,9 +206,11 @@ class Sim2RealConfig:
 
     checkpoint: str | None = None
     secret_seed: int = 0
-    iterations: int = 4
+    iterations: int = 3
     episodes_per_iteration: int = 20
     real_budget: int = 100
+    probe_episodes: int = 5
+    settle_steps: int = 3
     identification_episodes: int = 40
     target_success: float = 0.9
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
@@ -204,6 +225,8 @@ class Sim2RealConfig:
         if min(self.iterations, self.episodes_per_iteration, self.real_budget, self.identification_episodes) < 1:
             raise ConfigError("sim2real iterations, episodes_per_iteration, real_budget and identification_episodes "
                               "must be >= 1")
+        if self.probe_episodes < 0 or self.settle_steps < 1:
+            raise ConfigError("sim2real probe_episodes must be >= 0 and settle_steps >= 1")
         if not 0 < self.target_success <= 1:
             raise ConfigError(f"target_success must be in (0, 1], got {self.target_success}")
 
@@ -215,9 +238,11 @@ def _real_episodes_logged(path: Path) -> int:
         return len(store)
 
 
-def _latest_real_episodes(path: Path, n: int) -> list[Any]:
+def _latest_real_episodes(path: Path, n: int, policy_id: str | None) -> list[Any]:
+    """The latest ``n`` real episodes of ``path`` (those of ``policy_id`` only, unless it is None)."""
     with EpisodeStore(path) as store:
-        ids = [i for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE][-n:]
+        ids = [i for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE
+               and policy_id in (None, store.attrs(i).get("policy_id"))][-n:]
         return [store.episode(i) for i in ids]
 
 
@@ -262,13 +287,28 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
                 or entry["real_episodes_total"] >= cfg.real_budget):
             break
 
-        # Identify from the latest real episodes, then retrain in the identified simulation.
+        # Identification probes, then identify from the latest of them and retrain in the identified simulation.
+        if cfg.probe_episodes and "probe_episodes" not in entry:
+            used = _real_episodes_logged(log_path)
+            n = min(cfg.probe_episodes, cfg.real_budget - used)
+            if n > 0:
+                robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=proxy_kwargs),
+                                     episode_budget=n, log_path=log_path, policy_id=PROBE_ID)
+                try:
+                    run_probe_episodes(robot, n, settle_steps=cfg.settle_steps,
+                                       seed=cfg.seed * 1_000_003 + 1000 * it + 500, env_kwargs=proxy_kwargs)
+                finally:
+                    robot.close()
+            entry["probe_episodes"] = n
+            entry["real_episodes_total"] = used + n
+            write_json(state_path, state)
         ident_path = out / f"iteration{it + 1}" / "identification.json"
         if ident_path.exists():
             ident = Identification.load(ident_path)
         else:
-            ident = identify(task, _latest_real_episodes(log_path, cfg.identification_episodes), cfg.identification,
-                             env_kwargs=proxy_kwargs)
+            episodes = _latest_real_episodes(log_path, cfg.identification_episodes,
+                                             PROBE_ID if cfg.probe_episodes else None)
+            ident = identify(task, episodes, cfg.identification, env_kwargs=proxy_kwargs)
             ident.save(ident_path)
         ranges = ident.randomization(cfg.identification)
         start_from = {"init": checkpoint, "base": None} if isinstance(load_policy(checkpoint), ResidualPolicy) \

@@ -21,7 +21,7 @@ def test_one_sim2real_iteration_identifies_the_proxy_and_retrains_under_it(tmp_p
                  "train.progress=false", "evaluate=false", "policy.n_action_steps=4"]) == 0
     out = tmp_path / "loop"
     assert main(["sim2real", str(bc / "checkpoints" / "last"), "secret_seed=3", "iterations=1",
-                 "episodes_per_iteration=12", "real_budget=24", f"out_dir={out}",
+                 "episodes_per_iteration=12", "probe_episodes=8", "real_budget=32", f"out_dir={out}",
                  "identification.parameters=[actuator_gain_scale,actuator_damping_scale]",
                  "identification.max_evaluations=96", "train.n_envs=8", "train.ppo.n_steps=80",
                  "train.ppo.total_env_steps=12800", "train.ppo.eval_every=10", "train.eval.n_episodes=10",
@@ -29,7 +29,7 @@ def test_one_sim2real_iteration_identifies_the_proxy_and_retrains_under_it(tmp_p
                  "train.reward_shaping_floor=null"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert [e["iteration"] for e in report["iterations"]] == [0, 1]
-    assert report["iterations"][1]["real_episodes_total"] == 24
+    assert report["iterations"][1]["real_episodes_total"] == 32
 
     truth = RealProxy("Lift", secret_seed=3).reveal_parameters()
     identified = report["trainings"]["1"]["identification"]

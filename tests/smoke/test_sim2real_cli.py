@@ -61,19 +61,20 @@ def tiny_residual(tiny_bc: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "loop"
-    args = [str(tiny_residual), "iterations=1", "episodes_per_iteration=3", "real_budget=6", f"out_dir={out}",
-            *SMALL[2:], *(f"train.{o}" for o in RESIDUAL), "train.reward_shaping=0", "train.reward_shaping_terms=null",
-            "train.ppo.total_env_steps=20"]
+    args = [str(tiny_residual), "iterations=1", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=9",
+            f"out_dir={out}", *SMALL[2:], *(f"train.{o}" for o in RESIDUAL), "train.reward_shaping=0",
+            "train.reward_shaping_terms=null", "train.ppo.total_env_steps=20"]
     assert main(["sim2real", *args]) == 0
     text = capsys.readouterr().out
     assert "iteration 0: real success" in text and "iteration 1: real success" in text
     report = json.loads((out / "report.json").read_text())
     assert [e["iteration"] for e in report["iterations"]] == [0, 1]
-    assert report["iterations"][1]["real_episodes_total"] == 6
+    assert report["iterations"][0]["probe_episodes"] == 3 and report["iterations"][1]["real_episodes_total"] == 9
     assert report["iterations"][1]["checkpoint"] == str(out / "iteration1" / "checkpoints" / "best")
     assert set(report["trainings"]["1"]["identification"]) >= {"actuator_gain_scale", "action_latency_steps"}
     with EpisodeStore(out / "real_episodes.hdf5") as store:
-        assert [store.attrs(i)["policy_id"] for i in range(len(store))] == ["iteration0"] * 3 + ["iteration1"] * 3
+        assert [store.attrs(i)["policy_id"] for i in range(len(store))] == (
+            ["iteration0"] * 3 + ["sysid-probe"] * 3 + ["iteration1"] * 3)
     assert (out / "report.md").exists() and (out / "sim2real_success.png").stat().st_size > 0
     # The retraining ran in the identified simulation.
     meta = json.loads((out / "iteration1" / "checkpoints" / "last" / "meta.json").read_text())
@@ -82,7 +83,7 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
     # A finished run resumes to nothing new; a rerun without resume is refused.
     assert main(["sim2real", *args, "resume=true"]) == 0
     with EpisodeStore(out / "real_episodes.hdf5") as store:
-        assert len(store) == 6
+        assert len(store) == 9
     assert main(["sim2real", *args]) == 2
     assert "resume=true" in capsys.readouterr().err
 
