@@ -15,14 +15,15 @@ log-likelihood up to constants.
    After stage 2 the neighbouring latencies are checked again under the estimated physics.
 2. **Physical scales**, in log space, by CMA-ES (the ``cma`` package; a shrinking grid for a single scale). The
    search starts at nominal and stays in ``bounds``. It is gradient-free because contacts make the error rugged.
-3. **Uncertainty**: the sandwich (robust) variance with episodes as the independent units, one scale at a time
-   (the others held at their estimates): ``var = var_e(g_e) / (n_episodes * H^2)``. ``g_e`` is episode e's
-   slope of the error in the log scale and ``H`` the mean curvature, both central finite differences. Contacts
+3. **Uncertainty**: the sandwich (robust) covariance with episodes as the independent units,
+   ``H^-1 V H^-1 / n_episodes``. ``V`` is the covariance of the episodes' gradients of the error in the log scales
+   and ``H`` the Hessian of the mean error, both by finite differences. Being full matrices, they widen the stds
+   of scales that trade off along a valley (mass and friction when the peg only slides). Contacts
    make a replay jump when a grasp or a collision turns out differently; the sandwich counts those jumps as
    noise, where a Gauss-Newton covariance would count them as information. A scale whose std exceeds
-   ``max_relative_std`` (or whose curvature is not positive) is reported as not identifiable from these
-   episodes: pick-and-place barely depends on sliding friction, for instance. Domain randomization then keeps
-   its ``fallback_range`` for it.
+   ``max_relative_std`` (or that loads on a direction of non-positive curvature) is reported as not
+   identifiable from these episodes: pick-and-place barely depends on sliding friction, for instance. Domain
+   randomization then keeps its ``fallback_range`` for it.
 4. **Sensor noise**: the std of the residuals' step-to-step differences, divided by sqrt(2). Model error is smooth
    in time and white noise is not, so differencing separates the two.
 
@@ -87,7 +88,7 @@ class IdentificationConfig:
     min_steps: int = 150
     sigma0: float = 0.2
     popsize: int = 8
-    max_evaluations: int = 240
+    max_evaluations: int = 400
     rounds: int = 2
     tol_log_scale: float = 1e-3
     fd_step: float = 0.05
@@ -321,6 +322,39 @@ def _worker_loss(starts_and_params: tuple[list[dict[str, float]], Mapping[str, A
     return _WORKER_REPLAYER.loss(params)
 
 
+def _sandwich_stds(episode_losses: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: float,
+                   names: Sequence[str]) -> dict[str, float]:
+    """Relative stds of the estimates: the sandwich covariance ``H^-1 V H^-1 / n_episodes`` in log scale.
+
+    ``H`` is the Hessian of the mean error (central and mixed finite differences, step ``h``); ``V`` the
+    covariance over episodes of each episode's gradient. Both are full matrices, so a valley (two scales that
+    trade off, such as mass and friction when only sliding is seen) widens both scales' stds. A scale with weight
+    on a direction of non-positive curvature gets an infinite std.
+    """
+    n = len(x)
+    steps = np.eye(n) * h
+    centre = episode_losses(x)
+    plus = [episode_losses(x + steps[i]) for i in range(n)]
+    minus = [episode_losses(x - steps[i]) for i in range(n)]
+    gradients = np.stack([(p - m) / (2 * h) for p, m in zip(plus, minus)], axis=1)  # (episodes, n)
+    hessian = np.empty((n, n))
+    for i in range(n):
+        hessian[i, i] = float(np.mean(plus[i] + minus[i] - 2 * centre)) / h**2
+        for j in range(i):
+            both_up = episode_losses(x + steps[i] + steps[j])
+            both_down = episode_losses(x - steps[i] - steps[j])
+            hessian[i, j] = hessian[j, i] = float(np.mean(
+                both_up - plus[i] - plus[j] + 2 * centre - minus[i] - minus[j] + both_down)) / (2 * h**2)
+    eigenvalues, eigenvectors = np.linalg.eigh(hessian)
+    flat = eigenvalues <= 1e-9 * max(float(np.abs(eigenvalues).max()), 1e-300)
+    inverse = (eigenvectors[:, ~flat] / eigenvalues[~flat]) @ eigenvectors[:, ~flat].T
+    covariance = inverse @ np.cov(gradients, rowvar=False).reshape(n, n) @ inverse / len(centre)
+    # A scale with weight on a flat (or concave) direction of the error is not pinned down by these episodes.
+    unpinned = (np.abs(eigenvectors[:, flat]) > 0.1).any(axis=1) if flat.any() else np.zeros(n, dtype=bool)
+    return {name: math.inf if unpinned[j] else math.sqrt(max(float(covariance[j, j]), 0.0))
+            for j, name in enumerate(names)}
+
+
 def _generations(x0: np.ndarray, sigma: float, bounds: tuple[float, float], cfg: IdentificationConfig,
                  seed: int) -> Generator[list[np.ndarray] | None, list[float], None]:
     """Candidates to evaluate: the first generation from ``next()``, each next from ``send(its losses)``; None when
@@ -411,19 +445,11 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
                 if loss < best_loss:
                     latency, best_loss = lat, loss
 
-        # 3. Uncertainty: the sandwich covariance over episodes, one scale at a time.
-        centre = replayer.episode_losses(params_of(best_x, latency))
-        stds: dict[str, float] = {}
-        for j, name in enumerate(names):
-            step = np.zeros(len(names))
-            step[j] = cfg.fd_step
-            plus = replayer.episode_losses(params_of(best_x + step, latency))
-            minus = replayer.episode_losses(params_of(best_x - step, latency))
-            slopes = (plus - minus) / (2 * cfg.fd_step)
-            curvature = float(np.mean(plus + minus - 2 * centre)) / cfg.fd_step**2
-            stds[name] = (math.sqrt(float(np.var(slopes, ddof=1)) / len(slopes)) / curvature if curvature > 0
-                          else math.inf)
-        evaluations += 1 + 2 * len(names)
+        # 3. Uncertainty: the sandwich covariance over episodes.
+        stds = _sandwich_stds(lambda x: replayer.episode_losses(params_of(x, latency)), best_x, cfg.fd_step,
+                              names)
+        n = len(names)
+        evaluations += 1 + 2 * n + n * (n - 1)
         residual = replayer.residuals(params_of(best_x, latency))
 
         # 4. Sensor noise from the residuals' step-to-step differences.
