@@ -155,6 +155,25 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         rows.append((f"V-GPS steering: success vs sampled chunks (n=1 unsteered), {episodes} episodes each (commit "
                      f"{r['commit']})", "; ".join(f"{name} {curve(case)}" for name, case in cases.items()),
                      "+5 points for every base at one n", _status(r["targets"]), _command("vgps")))
+    if (r := _load("sysid")) is not None:
+        f = r["figures"]
+        value = "; ".join(
+            f"seed {seed}: " + ", ".join(f"{k.replace('_scale', '')} {100 * v:+.0f}%" for k, v in s["errors"].items())
+            + f", latency {s['latency'][0]} ({s['latency'][1]})" for seed, s in f["seeds"].items())
+        rows.append((f"system identification of the real proxy's PegInsert from {f['episodes']} real episodes per "
+                     f"secret seed: estimate error per hidden scale, latency found (true) (commit {r['commit']})",
+                     value, "every scale within 10%, latency exact", _status(r["targets"]), _command("sysid")))
+    if (r := _load("sim2real")) is not None:
+        f = r["figures"]
+        steps = ", ".join(f"it {e['iteration']}: {100 * e['real_success']:.0f}%" for e in f["iterations"])
+        side = f["side_by_side"]
+        rows.append((f"iterative sim-to-real, real-proxy PegInsert (secret seed {f['secret_seed']}): real success per "
+                     f"iteration; nominal vs final policy on the same {side['nominal']['episodes']} further real "
+                     f"episodes; loop time (commit {r['commit']})",
+                     f"{steps} ({f['iterations'][-1]['real_episodes_total']} real episodes); "
+                     f"{100 * side['nominal']['rate']:.0f}% vs {100 * side['sim2real']['rate']:.0f}%; "
+                     f"{f['minutes']:.0f} min", "≥ 90% within 100 real episodes, +20 points, ≤ 120 min",
+                     _status(r["targets"]), _command("sim2real")))
     return rows
 
 
@@ -249,7 +268,7 @@ def _noise_table() -> str:
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
                               "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
-                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps")
+                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
