@@ -12,7 +12,9 @@ and a Fetch adapter where it applies.
 Residual RL (issue 4): a base checkpoint whose spec does not fit the env (CLI ``train-residual``), residual
 actions with NaN, a NaN observation from the env, a residual checkpoint loaded without its base. Offline RL
 (issue 5): a dataset without rewards (CLI ``train-offline``), a dataset whose spaces do not fit the env (CLI),
-a Minari dataset with an unsupported (Discrete) action space.
+a Minari dataset with an unsupported (Discrete) action space. Sim-to-real (issue 6): a reset past the real robot's
+episode budget, a policy that reads an observation the real robot does not provide, identification from too
+little data (CLI ``sysid``).
 
 A case passes when
 
@@ -43,10 +45,14 @@ from common import REPO_ROOT, Target, finish, markdown_table, parse_args, target
 
 import roboloop  # noqa: F401  (registers the env ids)
 from roboloop.core.errors import RoboloopError
+from roboloop.core.spec import PolicySpec
 from roboloop.datasets import EpisodeStore, SequenceDataset
 from roboloop.datasets.collection import CollectConfig, collect
 from roboloop.datasets.replay import ReplayConfig, replay
 from roboloop.envs import make
+from roboloop.policies import MLPConfig, MLPPolicy
+from roboloop.sim2real import RealProxy, RealRobotEnv
+from roboloop.sim2real.deploy import deploy
 
 NAME = "bad_input"
 ROBOLOOP_CLI = Path(sys.executable).parent / "roboloop"
@@ -226,6 +232,21 @@ def minari_discrete(root: Path) -> None:
     replay_from_minari("test/cartpole-v0", root=root)
 
 
+def over_budget() -> None:
+    robot = RealRobotEnv(RealProxy("Lift", secret_seed=0), episode_budget=1)
+    robot.reset(seed=0)
+    robot.reset(seed=1)
+
+
+def deploy_image_policy_blind() -> None:
+    """An (untrained) image policy on a real robot without cameras."""
+    keys = ["observation.images.front", "observation.state"]
+    spec = PolicySpec({keys[0]: (32, 32, 3), keys[1]: (16,)}, action_dim=5, action_low=[-1.0] * 5,
+                      action_high=[1.0] * 5, n_obs_steps=2, horizon=16, n_action_steps=8)
+    robot = RealRobotEnv(RealProxy("Lift", secret_seed=0), episode_budget=1)
+    deploy(MLPPolicy(MLPConfig(obs_keys=keys), spec), robot, 1)
+
+
 def build_cases(tmp: Path, quick: bool) -> list[Case]:
     """Every bad input, with the files it needs created in ``tmp``."""
     missing = tmp / "missing.hdf5"
@@ -296,6 +317,12 @@ def build_cases(tmp: Path, quick: bool) -> list[Case]:
              cli=["train-offline", f"dataset={real}", "task=PegInsert", f"out_dir={tmp / 'out_offline'}"]),
         Case("offline RL: Minari dataset with Discrete actions", "action space Discrete",
              call=lambda: minari_discrete(tmp / "minari")),
+        Case("sim2real: a reset past the real robot's episode budget", "budget of 1 episodes is spent",
+             call=over_budget),
+        Case("sim2real: a policy reading observations the real robot does not provide",
+             "observation.images.front", call=deploy_image_policy_blind),
+        Case("sim2real: identification on too little data (CLI sysid episodes=1)", "at least 3 episodes",
+             cli=["sysid", "task=Lift", "episodes=1", f"output_dir={tmp / 'out_sysid'}"]),
     ]
 
 

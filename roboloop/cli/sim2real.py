@@ -60,6 +60,10 @@ class SysIdConfig:
         if self.episodes < 1 or self.settle_steps < 1:
             raise ConfigError(f"sysid episodes and settle_steps must be >= 1, got {self.episodes}, "
                               f"{self.settle_steps}")
+        if self.real_log is None and self.episodes < self.identification.min_episodes:
+            # Refused before any real episode is spent on it.
+            raise ConfigError(f"identification needs at least {self.identification.min_episodes} episodes of real "
+                              f"data; episodes={self.episodes} would not be enough")
 
 
 def run_probe_episodes(robot: RealRobotEnv, n_episodes: int, *, settle_steps: int, seed: int,
