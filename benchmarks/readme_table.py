@@ -96,7 +96,8 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         rows.append(("bad input (missing/corrupt file, missing key, NaN or wrong-shape action, unknown task, invalid "
                      "config value, wrong-size state; residual: base that does not fit, NaN actions or "
                      "observations, residual without its base; offline RL: no rewards, spaces that do not fit, "
-                     "unsupported Minari space) gets a clear error naming it", f"{ok}/{len(targets)} cases",
+                     "unsupported Minari space; sim2real: past the real budget, observations the robot lacks, "
+                     "identification on too little data) gets a clear error naming it", f"{ok}/{len(targets)} cases",
                      "all", _status(targets), _command("bad_input")))
     if (r := _load("peg_precision")) is not None:
         offsets = r["figures"]["offsets"]
