@@ -5,7 +5,6 @@ sim-to-real against the real proxy), ``roboloop distill`` (teacher-student disti
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -29,7 +28,6 @@ from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, SettlingActor, identify
 from roboloop.utils.io import atomic_path, write_json
 
-logger = logging.getLogger(__name__)
 #: The policy id of identification episodes (the settling scripted expert) in a real-episode log.
 PROBE_ID = "sysid-probe"
 
@@ -379,7 +377,9 @@ def _plot_sim2real(state: dict[str, Any], path: Path) -> None:
 
 
 def run_self_improve(cfg: SelfImproveConfig) -> int:
-    results = self_improve(cfg)
+    results = self_improve(cfg, progress=lambda r: print(
+        f"round {r.round}: success {format_rate(r.successes, r.episodes)}; kept {r.kept}, dataset "
+        f"{r.dataset_episodes} episodes", flush=True))
     first, last = results[0], results[-1]
     rows = [f"| {r.round} | {format_rate(r.successes, r.episodes)} | {r.kept} | {r.dataset_episodes} | "
             f"`{r.checkpoint}` |" for r in results]
@@ -419,7 +419,10 @@ def _plot_rounds(results: list[Any], path: Path) -> None:
 
 
 def run_distill(cfg: DistillConfig) -> int:
-    rounds = distill(cfg)
+    rounds = distill(cfg, progress=lambda r: print(
+        f"round {r.round}: beta {r.beta:.2f}, {r.teacher_steps} teacher / {r.student_steps} student steps; student "
+        f"success in the randomized simulation: {'-' if r.sim_success is None else f'{100 * r.sim_success:.0f}%'}",
+        flush=True))
     assert cfg.teacher is not None  # checked by the config
     meta = read_meta(cfg.teacher)
     task = task_info(meta.get("task") or "Lift").name

@@ -16,8 +16,7 @@ with the same normalizer.
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from roboloop.sim2real.self_improve import PolicyActor, grow_dataset
 from roboloop.training import BCTrainer, TrainConfig
 from roboloop.utils.io import write_json
 
-logger = logging.getLogger(__name__)
 DISTILL_SOURCE = "teacher_labels"
 
 
@@ -153,8 +151,12 @@ def labelled_rollouts(env: gym.Env, teacher_actor: Actor, student_actor: Actor |
     return teacher_steps, student_steps
 
 
-def distill(cfg: DistillConfig) -> list[DistillRound]:
-    """Round 0 and ``cfg.rounds`` DAgger rounds (see the module docstring); one result per round."""
+def distill(cfg: DistillConfig, progress: Callable[[DistillRound], None] | None = None) -> list[DistillRound]:
+    """Round 0 and ``cfg.rounds`` DAgger rounds (see the module docstring); one result per round.
+
+    Args:
+        progress: Called with each round's result as it finishes.
+    """
     from roboloop.datasets.sampler import SequenceDataset
     from roboloop.datasets.stats import compute_stats
 
@@ -228,9 +230,8 @@ def distill(cfg: DistillConfig) -> list[DistillRound]:
             results.append(DistillRound(r, beta, cfg.episodes_per_round, t_steps, s_steps, str(checkpoint),
                                         sim_success))
             write_json(rounds_path, [vars(x) for x in results])
-            print(f"round {r}: beta {beta:.2f}, {t_steps} teacher / {s_steps} student steps; student success in "
-                  f"the randomized simulation: {'-' if sim_success is None else f'{100 * sim_success:.0f}%'}",
-                  flush=True)
+            if progress is not None:
+                progress(results[-1])
     finally:
         env.close()
     return results

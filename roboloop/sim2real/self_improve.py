@@ -10,9 +10,8 @@ weights see observations scaled as before. After the last round the final policy
 
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import numpy as np
 
 from roboloop.core.checkpoint import load_policy, read_meta
 from roboloop.core.errors import ConfigError, InputError
-from roboloop.core.metrics import format_rate
 from roboloop.core.policy import Policy
 from roboloop.datasets.collection import CollectConfig, collect
 from roboloop.datasets.store import EpisodeStore, EpisodeWriter
@@ -29,7 +27,6 @@ from roboloop.envs.executor import ChunkExecutor
 from roboloop.training import BCTrainer, TrainConfig
 from roboloop.utils.io import write_json
 
-logger = logging.getLogger(__name__)
 ROLLOUT_SOURCE = "self_improvement"
 
 
@@ -134,8 +131,12 @@ def _episodes(path: Path) -> int:
         return len(store)
 
 
-def self_improve(cfg: SelfImproveConfig) -> list[RoundResult]:
-    """Run the rounds (see the module docstring); returns one result per measured policy (rounds + 1)."""
+def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+    """Run the rounds (see the module docstring); returns one result per measured policy (rounds + 1).
+
+    Args:
+        progress: Called with each round's result once it is measured.
+    """
     from roboloop.datasets.sampler import SequenceDataset
 
     assert cfg.checkpoint is not None  # checked by the config
@@ -171,10 +172,8 @@ def self_improve(cfg: SelfImproveConfig) -> list[RoundResult]:
             dataset = grown
         size = _episodes(dataset)
         results.append(RoundResult(r, checkpoint, successes, episodes, kept, size))
-        logger.info("round %d: %s on the variant, %d rollouts kept, dataset %d episodes", r,
-                    format_rate(successes, episodes), kept, size)
-        print(f"round {r}: success {format_rate(successes, episodes)}; kept {kept}, dataset {size} episodes",
-              flush=True)
+        if progress is not None:
+            progress(results[-1])
         if r == cfg.rounds:
             break
         # Finetune on demonstrations + kept rollouts, from the current weights and normalizer.
