@@ -36,6 +36,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -449,3 +450,19 @@ class EpisodeStore:
         """Fraction of episodes whose ``success`` attribute is true (None if no episode records it)."""
         flags = [self._group(d).attrs["success"] for d in self.demos if "success" in self._group(d).attrs]
         return float(np.mean(flags)) if flags else None
+
+
+def grow_dataset(previous: str | Path, rollouts: str | Path, keep: str, path: Path) -> None:
+    """``path``: a copy of ``previous`` plus the ``rollouts`` (``keep``: ``all`` or the successful ones), written
+    whole or not at all (a killed run leaves no half-grown file, and a finished one is not grown twice)."""
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.copyfile(previous, tmp)
+    with EpisodeStore(rollouts) as store:
+        episodes = [store.episode(i) for i in range(len(store)) if keep == "all" or store.attrs(i)["success"]]
+    with EpisodeWriter(tmp, mode="a") as writer:
+        for episode in episodes:
+            writer.append(episode)
+        writer.update_success_mask()
+    tmp.replace(path)

@@ -8,6 +8,7 @@ per-step residual correction as in simulation. Every episode is logged by the ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,20 @@ from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.core.policy import Policy
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.sim2real.real_robot import RealRobotEnv
+
+
+class PolicyActor:
+    """One env's view of a policy (the ``Actor`` of ``collect``): its own chunk executor of one env, so its
+    observation history, action queue and per-step residual correction are those of evaluation."""
+
+    def __init__(self, policy: Policy, *, deterministic: bool = True) -> None:
+        self.executor = ChunkExecutor(policy, 1, deterministic=deterministic)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.executor.reset()
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.executor.act({k: np.asarray(v)[None] for k, v in obs.items()})[0]
 
 
 @dataclass
@@ -50,7 +65,7 @@ def deploy(policy: Policy, robot: RealRobotEnv, n_episodes: int, *, seed: int | 
             it, so two policies can face the same starts).
     """
     robot.check_observations(list(policy.spec.obs_shapes))
-    executor = ChunkExecutor(policy, 1, deterministic=deterministic)
+    actor = PolicyActor(policy, deterministic=deterministic)
     result = DeployResult()
     was_training = policy.training
     policy.eval()
@@ -58,11 +73,10 @@ def deploy(policy: Policy, robot: RealRobotEnv, n_episodes: int, *, seed: int | 
         for k in range(n_episodes):
             episode_seed = None if seed is None else seed + k
             obs, info = robot.reset(seed=episode_seed)
-            executor.reset()
+            actor.reset()
             success, length, ret, done = bool(info.get("is_success", False)), 0, 0.0, False
             while not done:
-                action = executor.act({key: np.asarray(v)[None] for key, v in obs.items()})[0]
-                obs, reward, terminated, truncated, info = robot.step(action)
+                obs, reward, terminated, truncated, info = robot.step(actor.act(obs))
                 success |= bool(info.get("is_success", False))
                 length, ret, done = length + 1, ret + float(reward), terminated or truncated
             result.episodes.append({"seed": episode_seed, "success": success, "length": length, "return": ret})

@@ -29,12 +29,12 @@ from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Policy
 from roboloop.core.spec import IMAGE_PREFIX, PolicySpec
 from roboloop.datasets.collection import Actor, EpisodeRecording, env_args_for
-from roboloop.datasets.store import EpisodeWriter
+from roboloop.datasets.store import EpisodeWriter, grow_dataset
 from roboloop.envs import task_info
 from roboloop.envs.base import PROPRIO_KEY
 from roboloop.envs.evaluation import EvalConfig, evaluate
 from roboloop.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from roboloop.sim2real.self_improve import PolicyActor, grow_dataset
+from roboloop.sim2real.deploy import PolicyActor
 from roboloop.training import BCTrainer, TrainConfig
 from roboloop.utils.io import write_json
 

@@ -10,37 +10,22 @@ weights see observations scaled as before. After the last round the final policy
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from roboloop.core.checkpoint import load_policy, read_meta
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.core.policy import Policy
 from roboloop.datasets.collection import CollectConfig, collect
-from roboloop.datasets.store import EpisodeStore, EpisodeWriter
-from roboloop.envs.executor import ChunkExecutor
+from roboloop.datasets.store import EpisodeStore, grow_dataset
+from roboloop.envs.evaluation import env_kwargs_for
+from roboloop.sim2real.deploy import PolicyActor
 from roboloop.training import BCTrainer, TrainConfig
 from roboloop.utils.io import write_json
 
 ROLLOUT_SOURCE = "self_improvement"
-
-
-class PolicyActor:
-    """One sub-env's view of a policy, for ``collect``: its own chunk executor (history and action queue)."""
-
-    def __init__(self, policy: Policy, *, deterministic: bool = True) -> None:
-        self.executor = ChunkExecutor(policy, 1, deterministic=deterministic)
-
-    def reset(self, seed: int | None = None) -> None:
-        self.executor.reset()
-
-    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.executor.act({k: np.asarray(v)[None] for k, v in obs.items()})[0]
 
 
 @dataclass
@@ -100,29 +85,13 @@ def _rollouts(policy: Policy, task: str, env_kwargs: dict[str, Any], cfg: SelfIm
               path: Path) -> None:
     if path.exists():
         return  # measured before a restart
-    cameras = [k.removeprefix("observation.images.") for k in policy.spec.image_keys]
-    image_size = policy.spec.obs_shapes[policy.spec.image_keys[0]][0] if cameras else 84
+    views = env_kwargs_for(policy.spec, {})  # the cameras the policy reads, at its image size
     tmp = path.with_name(f".{path.name}.partial")
-    collect(CollectConfig(task=task, n_episodes=cfg.episodes_per_round, cameras=cameras, image_size=image_size,
+    collect(CollectConfig(task=task, n_episodes=cfg.episodes_per_round, cameras=views.get("cameras", []),
+                          image_size=views.get("image_size", [84])[0],
                           n_envs=cfg.n_envs, seed=cfg.seed + 100_000 * r, output=str(tmp), env_kwargs=env_kwargs,
                           source=ROLLOUT_SOURCE, progress=False),
             actors=[PolicyActor(policy) for _ in range(cfg.n_envs)], policy_id=f"round{r}")
-    tmp.replace(path)
-
-
-def grow_dataset(previous: Path, rollouts: Path, keep: str, path: Path) -> None:
-    """``path``: a copy of ``previous`` plus the ``rollouts`` (``keep``: ``all`` or the successful ones), written
-    whole or not at all (a killed run leaves no half-grown file, and a finished one is not grown twice)."""
-    if path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.partial")
-    shutil.copyfile(previous, tmp)
-    with EpisodeStore(rollouts) as store:
-        episodes = [store.episode(i) for i in range(len(store)) if keep == "all" or store.attrs(i)["success"]]
-    with EpisodeWriter(tmp, mode="a") as writer:
-        for episode in episodes:
-            writer.append(episode)
-        writer.update_success_mask()
     tmp.replace(path)
 
 
@@ -182,11 +151,10 @@ def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None]
                                horizon=spec.horizon, n_action_steps=spec.n_action_steps)
         run_dir = out / f"round{r + 1}"
         trainer = BCTrainer(policy, data, replace(cfg.train, resume=True), run_dir,
-                            meta={**meta, "env_kwargs": meta.get("env_kwargs", {}), "dataset": str(dataset),
-                                  "self_improve_round": r + 1, "init": checkpoint})
+                            meta={**meta, "dataset": str(dataset), "self_improve_round": r + 1, "init": checkpoint})
         checkpoint = str(trainer.fit().last_checkpoint)
     write_json(out / "rounds.json", [{**vars(x), "success_rate": x.success_rate} for x in results])
     return results
 
 
-__all__: Sequence[str] = ["PolicyActor", "RoundResult", "SelfImproveConfig", "grow_dataset", "self_improve"]
+__all__: Sequence[str] = ["RoundResult", "SelfImproveConfig", "self_improve"]
