@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 
 from roboloop.cli.train_residual import TrainResidualConfig, train_residual
-from roboloop.core.checkpoint import load_policy, read_meta
+from roboloop.core.checkpoint import load_policy, read_meta, read_policy_config
 from roboloop.core.errors import ConfigError
 from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.datasets.store import EpisodeStore
@@ -26,7 +26,7 @@ from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
 from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv, proxy_env_kwargs
 from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, SettlingActor, identify
-from roboloop.utils.io import atomic_path, write_json
+from roboloop.utils.io import atomic_path, prepare_run_dir, write_json
 
 #: The policy id of identification episodes (the settling scripted expert) in a real-episode log.
 PROBE_ID = "sysid-probe"
@@ -96,9 +96,14 @@ def run_real_episodes(cfg: SysIdConfig, log_path: Path) -> None:
         real.close()
 
 
-def read_real_episodes(path: Path) -> list[Any]:
+def read_real_episodes(path: Path, *, policy_id: str | None = None, latest: int | None = None) -> list[Any]:
+    """The real episodes of an episode file (only those of ``policy_id`` unless None; the last ``latest``)."""
     with EpisodeStore(path) as store:
-        return [store.episode(i) for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE]
+        ids = [i for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE
+               and policy_id in (None, store.attrs(i).get("policy_id"))]
+        if latest is not None:
+            ids = ids[-latest:]
+        return [store.episode(i) for i in ids]
 
 
 def report(ident: Identification, cfg: SysIdConfig, seconds: float) -> str:
@@ -240,14 +245,6 @@ def _real_episodes_logged(path: Path) -> int:
         return len(store)
 
 
-def _latest_real_episodes(path: Path, n: int, policy_id: str | None) -> list[Any]:
-    """The latest ``n`` real episodes of ``path`` (those of ``policy_id`` only, unless it is None)."""
-    with EpisodeStore(path) as store:
-        ids = [i for i in range(len(store)) if store.attrs(i).get("source") == REAL_SOURCE
-               and policy_id in (None, store.attrs(i).get("policy_id"))][-n:]
-        return [store.episode(i) for i in ids]
-
-
 def run_sim2real(cfg: Sim2RealConfig) -> int:
     assert cfg.checkpoint is not None  # checked by the config
     meta = read_meta(cfg.checkpoint)
@@ -255,8 +252,7 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
     proxy_kwargs = proxy_env_kwargs(meta.get("env_kwargs", {}))
     out = Path(cfg.out_dir.replace("{task}", task))
     state_path, log_path = out / "report.json", out / "real_episodes.hdf5"
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out} is not empty: pass resume=true to continue that run, or another out_dir")
+    prepare_run_dir(out, resume=cfg.resume)
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {
         "task": task, "policy": cfg.checkpoint, "secret_seed": cfg.secret_seed, "iterations": [], "trainings": {}}
     if state["policy"] != cfg.checkpoint or state["secret_seed"] != cfg.secret_seed:
@@ -308,13 +304,13 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
         if ident_path.exists():
             ident = Identification.load(ident_path)
         else:
-            episodes = _latest_real_episodes(log_path, cfg.identification_episodes,
-                                             PROBE_ID if cfg.probe_episodes else None)
+            episodes = read_real_episodes(log_path, policy_id=PROBE_ID if cfg.probe_episodes else None,
+                                          latest=cfg.identification_episodes)
             ident = identify(task, episodes, cfg.identification, env_kwargs=proxy_kwargs)
             ident.save(ident_path)
         ranges = ident.randomization(cfg.identification)
-        start_from = {"init": checkpoint, "base": None} if isinstance(load_policy(checkpoint), ResidualPolicy) \
-            else {"base": checkpoint, "init": None}
+        is_residual = read_policy_config(checkpoint)[0] == ResidualPolicy.name
+        start_from = {"init": checkpoint, "base": None} if is_residual else {"base": checkpoint, "init": None}
         train_cfg = replace(cfg.train, **start_from, out_dir=str(out / f"iteration{it + 1}"),
                             env_kwargs={**cfg.train.env_kwargs, "randomization": ranges},
                             ppo=replace(cfg.train.ppo, resume=True))
@@ -355,22 +351,32 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
 
 
 def _plot_sim2real(state: dict[str, Any], path: Path) -> None:
+    entries = state["iterations"]
+    plot_success_points([e["real_episodes_total"] for e in entries], [(e["real_successes"], e["real_episodes"])
+                                                                      for e in entries], path,
+                        xlabel="real episodes used", ylabel="real success (%)",
+                        title=f"iterative sim-to-real: {state['task']}",
+                        labels=[f"it {e['iteration']}" for e in entries])
+
+
+def plot_success_points(x: list[float], counts: list[tuple[int, int]], path: Path, *, xlabel: str, ylabel: str,
+                        title: str, labels: list[str] | None = None) -> None:
+    """Success rates (successes, episodes) at ``x`` with their Wilson 95% intervals as error bars."""
     from matplotlib.figure import Figure
 
-    entries = state["iterations"]
-    x = [e["real_episodes_total"] for e in entries]
-    y = [100 * e["real_success"] for e in entries]
-    ci = [wilson_interval(e["real_successes"], e["real_episodes"]) for e in entries]
+    y = [100 * k / n for k, n in counts]
+    ci = [wilson_interval(k, n) for k, n in counts]
     fig = Figure(figsize=(5, 3.2))
     ax = fig.add_subplot()
     ax.errorbar(x, y, yerr=[[v - 100 * lo for v, (lo, _) in zip(y, ci)], [100 * hi - v for v, (_, hi) in zip(y, ci)]],
                 marker="o", capsize=3)
-    for e, xi, yi in zip(entries, x, y):
-        ax.annotate(f"it {e['iteration']}", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.set_xlabel("real episodes used")
-    ax.set_ylabel("real success (%)")
+    for label, xi, yi in zip(labels or [], x, y):
+        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-5, 105)
-    ax.set_title(f"iterative sim-to-real: {state['task']}")
+    ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -393,29 +399,11 @@ def run_self_improve(cfg: SelfImproveConfig) -> int:
     out = Path(cfg.out_dir.replace("{task}", read_meta(str(cfg.checkpoint))["task"]))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)
-    _plot_rounds(results, out / "self_improve_success.png")
+    plot_success_points([r.round for r in results], [(r.successes, r.episodes) for r in results],
+                        out / "self_improve_success.png", xlabel="round (0: the BC policy)",
+                        ylabel="success on the variant (%)", title="self-improvement")
     print(text)
     return 0
-
-
-def _plot_rounds(results: list[Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.add_subplot()
-    x = [r.round for r in results]
-    y = [100 * r.success_rate for r in results]
-    ci = [wilson_interval(r.successes, r.episodes) for r in results]
-    ax.errorbar(x, y, yerr=[[v - 100 * lo for v, (lo, _) in zip(y, ci)], [100 * hi - v for v, (_, hi) in zip(y, ci)]],
-                marker="o", capsize=3)
-    ax.set_xticks(x)
-    ax.set_xlabel("round (0: the BC policy)")
-    ax.set_ylabel("success on the variant (%)")
-    ax.set_ylim(-5, 105)
-    ax.set_title("self-improvement")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
 
 
 def run_distill(cfg: DistillConfig) -> int:

@@ -36,7 +36,7 @@ from roboloop.envs.evaluation import EvalConfig, evaluate
 from roboloop.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from roboloop.sim2real.deploy import PolicyActor
 from roboloop.training import BCTrainer, TrainConfig
-from roboloop.utils.io import write_json
+from roboloop.utils.io import prepare_run_dir, write_json
 
 DISTILL_SOURCE = "teacher_labels"
 
@@ -168,9 +168,7 @@ def distill(cfg: DistillConfig, progress: Callable[[DistillRound], None] | None 
         raise ConfigError(f"the teacher {cfg.teacher} reads images; distillation starts from a state-based teacher")
     env_kwargs = student_env_kwargs(meta.get("env_kwargs", {}), cfg)
     out = Path(cfg.out_dir.replace("{task}", task))
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out} is not empty: pass resume=true to continue that run, or another out_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, resume=cfg.resume)
     rounds_path = out / "rounds.json"
     done: list[dict[str, Any]] = json.loads(rounds_path.read_text()) if rounds_path.exists() else []
     env = gym.make(task_info(task).env_id, **env_kwargs)

@@ -23,7 +23,7 @@ from roboloop.datasets.store import EpisodeStore, grow_dataset
 from roboloop.envs.evaluation import env_kwargs_for
 from roboloop.sim2real.deploy import PolicyActor
 from roboloop.training import BCTrainer, TrainConfig
-from roboloop.utils.io import write_json
+from roboloop.utils.io import prepare_run_dir, write_json
 
 ROLLOUT_SOURCE = "self_improvement"
 
@@ -118,9 +118,7 @@ def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None]
         raise InputError(f"the demonstrations {demos} are gone: pass dataset=<episode file>")
     env_kwargs = {**meta.get("env_kwargs", {}), **cfg.env_kwargs}
     out = Path(cfg.out_dir.replace("{task}", task))
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out} is not empty: pass resume=true to continue that run, or another out_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, resume=cfg.resume)
     dataset = Path(demos)
 
     results: list[RoundResult] = []

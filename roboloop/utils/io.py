@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from roboloop.core.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -24,6 +26,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def prepare_run_dir(path: Path, *, resume: bool) -> None:
+    """Create a run's output directory; one that already holds files is refused unless the run is resumed."""
+    if path.exists() and any(path.iterdir()) and not resume:
+        raise ConfigError(f"{path} is not empty: pass resume=true to continue that run, or another out_dir")
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:
