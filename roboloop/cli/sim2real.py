@@ -21,7 +21,7 @@ from roboloop.datasets.store import EpisodeStore
 from roboloop.envs import task_info
 from roboloop.envs.experts import make_expert
 from roboloop.residual_rl import ResidualPolicy
-from roboloop.sim2real.deploy import deploy
+from roboloop.sim2real.deploy import deploy, run_episodes
 from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
 from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv, proxy_env_kwargs
 from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
@@ -73,13 +73,7 @@ def run_probe_episodes(robot: RealRobotEnv, n_episodes: int, *, settle_steps: in
     nominal = gym.make(task_info(robot.robot.task).env_id, **env_kwargs)
     actor = SettlingActor(make_expert(robot.robot.task, nominal, seed=seed), settle_steps)
     try:
-        for i in range(n_episodes):
-            obs, _ = robot.reset(seed=seed + i)
-            actor.reset(seed=seed + i)
-            done = False
-            while not done:
-                obs, _, terminated, truncated, _ = robot.step(actor.act(obs))
-                done = terminated or truncated
+        run_episodes(robot, actor, n_episodes, seed=seed)
     finally:
         nominal.close()
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.core.policy import Policy
+from roboloop.datasets.collection import Actor
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.sim2real.real_robot import RealRobotEnv
 
@@ -56,30 +57,31 @@ class DeployResult:
         return f"real success: {format_rate(self.successes, len(self.episodes))}"
 
 
+def run_episodes(robot: RealRobotEnv, actor: Actor, n_episodes: int, *, seed: int | None = None) -> DeployResult:
+    """Run ``n_episodes`` episodes of ``actor`` on ``robot``; episode k resets both with ``seed + k`` (a real robot
+    may ignore it; the real proxy draws its start from it, so two actors can face the same starts)."""
+    result = DeployResult()
+    for k in range(n_episodes):
+        episode_seed = None if seed is None else seed + k
+        obs, info = robot.reset(seed=episode_seed)
+        actor.reset(seed=episode_seed)
+        success, length, ret, done = bool(info.get("is_success", False)), 0, 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, info = robot.step(actor.act(obs))
+            success |= bool(info.get("is_success", False))
+            length, ret, done = length + 1, ret + float(reward), terminated or truncated
+        result.episodes.append({"seed": episode_seed, "success": success, "length": length, "return": ret})
+    return result
+
+
 def deploy(policy: Policy, robot: RealRobotEnv, n_episodes: int, *, seed: int | None = None,
            deterministic: bool = True) -> DeployResult:
-    """Run ``n_episodes`` episodes of ``policy`` on ``robot`` (in eval mode, restored after).
-
-    Args:
-        seed: Episode k resets with ``seed + k`` (a real robot may ignore it; the real proxy draws its start from
-            it, so two policies can face the same starts).
-    """
+    """Run ``n_episodes`` episodes of ``policy`` on ``robot`` (in eval mode, restored after); see
+    :func:`run_episodes` for the seeds. A policy that reads what the robot does not provide is refused first."""
     robot.check_observations(list(policy.spec.obs_shapes))
-    actor = PolicyActor(policy, deterministic=deterministic)
-    result = DeployResult()
     was_training = policy.training
     policy.eval()
     try:
-        for k in range(n_episodes):
-            episode_seed = None if seed is None else seed + k
-            obs, info = robot.reset(seed=episode_seed)
-            actor.reset()
-            success, length, ret, done = bool(info.get("is_success", False)), 0, 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, info = robot.step(actor.act(obs))
-                success |= bool(info.get("is_success", False))
-                length, ret, done = length + 1, ret + float(reward), terminated or truncated
-            result.episodes.append({"seed": episode_seed, "success": success, "length": length, "return": ret})
+        return run_episodes(robot, PolicyActor(policy, deterministic=deterministic), n_episodes, seed=seed)
     finally:
         policy.train(was_training)
-    return result
