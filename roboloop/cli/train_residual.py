@@ -51,7 +51,9 @@ class TrainResidualConfig:
         base: BC checkpoint directory to refine (its weights are never changed).
         init: A residual checkpoint to start from instead of a zero head: its base is the base (``base`` may be
             left out) and its head, with its residual config, is trained further, e.g. in an identified simulation
-            (``roboloop sim2real``). The critic starts afresh, with the warm-up.
+            (``roboloop sim2real``). The critic starts afresh, with the warm-up. ``residual.previous_action=true``
+            gives a head trained without it the previously executed action as a new input (zero weights at first,
+            so the policy starts unchanged); the other ``residual.*`` settings are the checkpoint's.
         task: Task to train on (default: the base's task; another task must have the same spaces).
         env_kwargs: Env constructor arguments on top of the base's (e.g. ``clearance``).
         residual: The head and how its delta is applied (mode, scale, widths, std).
@@ -134,6 +136,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     env_kwargs = {**meta.get("env_kwargs", {}), **cfg.env_kwargs}
     torch.manual_seed(cfg.ppo.seed)
     residual = init if init is not None else ResidualPolicy.from_base(base, cfg.residual)
+    if init is not None and cfg.residual.previous_action:
+        residual = init.with_previous_action()
     out_dir = Path(cfg.out_dir.replace("{task}", task).replace("{mode}", residual.config.mode))
     _check_same_residual(out_dir / "checkpoints" / "last", residual)
     group_size = cfg.n_envs // cfg.env_groups

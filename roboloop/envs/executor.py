@@ -13,7 +13,8 @@ action per step lives here, per sub-environment:
 
 A residual policy in per-step mode (``policy.corrects_each_step``) splits the two: the queue holds its frozen
 base's chunk, and every step each queued base action is corrected from the current observation by
-``policy.correct(history, base_action)``.
+``policy.correct(history, base_action)``; a residual head that sees the previously executed action
+(``policy.sees_previous_action``) gets each sub-env's last action from here (raw zeros after a reset).
 
 Sub-envs are independent: ``reset(env_ids)`` clears only those, and ``act(obs, active=mask)`` leaves
 finished or idle sub-envs untouched (they get zero actions and never reach the policy).
@@ -73,6 +74,7 @@ class ChunkExecutor:
         # A per-step residual policy: chunks come from its base, every executed action from ``correct``.
         self.corrects_each_step = bool(getattr(policy, "corrects_each_step", False))
         self.chunk_policy: Policy = policy.base if self.corrects_each_step else policy  # type: ignore[attr-defined]
+        self.sees_previous_action = self.corrects_each_step and bool(getattr(policy, "sees_previous_action", False))
         if self.corrects_each_step and temporal_ensemble_coeff is not None:
             raise ConfigError("temporal ensembling averages whole chunks; a per-step residual policy corrects "
                               "each action as it is executed")
@@ -102,6 +104,7 @@ class ChunkExecutor:
         # step), so its prediction for the current step is _ensemble[i, a, a]; only the last Ta chunks reach it.
         self._ensemble = np.zeros((n, ta, ta, da), dtype=np.float32)
         self._ensemble_valid = np.zeros((n, ta), dtype=bool)
+        self._last_action = np.zeros((n, da), dtype=np.float32)  # executed at the previous step (zeros after reset)
         self.n_queries = 0  # policy.act calls so far (useful for profiling and tests)
 
     # ------------------------------------------------------------------------------------------ API
@@ -112,6 +115,7 @@ class ChunkExecutor:
         self._fresh[ids] = True
         self._n_queued[ids] = 0
         self._ensemble_valid[ids] = False
+        self._last_action[ids] = 0.0
         self.policy.reset(None if env_ids is None else torch.as_tensor(ids, dtype=torch.long))
 
     def act(self, obs: Mapping[str, np.ndarray], active: np.ndarray | None = None) -> np.ndarray:
@@ -144,9 +148,13 @@ class ChunkExecutor:
         if self.corrects_each_step:
             batch = {k: torch.from_numpy(self._history[k][active_ids]).to(self.device) for k in self._keys}
             base_action = torch.from_numpy(actions[active_ids]).to(self.device)
+            previous = torch.from_numpy(self._last_action[active_ids]).to(self.device) if (
+                self.sees_previous_action) else None
             with torch.no_grad():
-                corrected = self.policy.correct(batch, base_action, deterministic=self.deterministic)  # type: ignore[attr-defined]
+                corrected = self.policy.correct(batch, base_action, previous_action=previous,  # type: ignore[attr-defined]
+                                                deterministic=self.deterministic)
             actions[active_ids] = corrected.detach().to("cpu", torch.float32).numpy()
+            self._last_action[active_ids] = actions[active_ids]
         return actions
 
     def observe(self, obs: Mapping[str, np.ndarray], active: np.ndarray | None = None) -> None:

@@ -13,6 +13,7 @@ without a bias).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -92,6 +93,27 @@ class GaussianMLP(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.log_std.device
+
+    def with_extra_inputs(self, n: int) -> GaussianMLP:
+        """A copy that reads ``n`` more observation features, appended after the current ones, through zero
+        weights: its outputs are unchanged until it is trained (a trained actor given a new input)."""
+        if n < 1:
+            raise ConfigError(f"with_extra_inputs needs n >= 1, got {n}")
+        wider = copy.deepcopy(self)
+        first = wider.trunk[0] if len(wider.trunk) else wider.mean_layer
+        grown = nn.Linear(first.in_features + n, first.out_features, bias=first.bias is not None,
+                          device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[:, : first.in_features] = first.weight
+            if first.bias is not None:
+                grown.bias.copy_(first.bias)
+        if len(wider.trunk):
+            wider.trunk[0] = grown
+        else:
+            wider.mean_layer = grown
+        wider.obs_dim = self.obs_dim + n
+        return wider
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """obs (B, obs_dim) -> (mean (B, Da), log_std (B, Da))."""

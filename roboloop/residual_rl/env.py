@@ -119,6 +119,8 @@ class ResidualVecEnv(VectorEnv):
         self.executor = ChunkExecutor(policy.base, self.num_envs)
         self._base_action = np.zeros((self.num_envs, spec.action_dim), dtype=np.float32)  # step mode
         self._base_chunk = np.zeros((self.num_envs, self.chunk_size, spec.action_dim), dtype=np.float32)
+        # The action each sub-env executed last (raw zeros after a reset), for a head that sees it.
+        self._previous_action = np.zeros((self.num_envs, spec.action_dim), dtype=np.float32)
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
         self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
@@ -145,6 +147,7 @@ class ResidualVecEnv(VectorEnv):
         if self._potential_based:
             self._potential[:] = self._potentials(infos)
         self.executor.reset()
+        self._previous_action[:] = 0.0
         self._raw_obs = {k: np.array(v) for k, v in obs.items()}
         ids = np.arange(self.num_envs)
         if self.mode == "chunk":
@@ -198,8 +201,11 @@ class ResidualVecEnv(VectorEnv):
         return delta
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Step mode: the env actions for head deltas ``actions`` on the current base actions."""
-        return self._compose(self._base_action, self._checked_delta(actions))
+        """Step mode: the env actions for head deltas ``actions`` on the current base actions (remembered as the
+        previous action of the next step)."""
+        env_actions = self._compose(self._base_action, self._checked_delta(actions))
+        self._previous_action[:] = env_actions
+        return env_actions
 
     def _compose(self, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -227,7 +233,9 @@ class ResidualVecEnv(VectorEnv):
         with torch.no_grad():
             batch = {k: torch.from_numpy(v).to(self.policy.device) for k, v in history.items()}
             base = torch.from_numpy(self._base_action[ids]).to(self.policy.device) if self.mode == "step" else None
-            return self.policy.head_obs(batch, base).cpu().numpy().astype(np.float32)
+            previous = torch.from_numpy(self._previous_action[ids]).to(self.policy.device) if (
+                self.policy.sees_previous_action) else None
+            return self.policy.head_obs(batch, base, previous).cpu().numpy().astype(np.float32)
 
     def _check(self, obs: dict[str, np.ndarray], rewards: np.ndarray | None, ids: np.ndarray) -> None:
         for key in self.policy.spec.lowdim_keys:
@@ -280,6 +288,7 @@ class ResidualVecEnv(VectorEnv):
             for k in self._raw_obs:
                 self._raw_obs[k][finished] = np.asarray(new_obs[k])[finished]
             self.executor.reset(finished)
+            self._previous_action[finished] = 0.0
             if self.mode == "step":
                 self._plan(finished)
             else:

@@ -68,6 +68,10 @@ class ResidualConfig(PolicyConfig):
             drives the system into states the demonstrations never showed, where a barely-varying feature
             normalized by the base's statistics reaches hundreds (PegInsert's peg tilt) and one PPO minibatch
             moves the policy by a KL of 1; 5 bounds that (SB3's ``VecNormalize`` clips at 10 for the same reason).
+        previous_action: ``step`` mode: the head also sees the action executed at the previous step (normalized;
+            raw zeros at an episode's start). With action latency the observation alone is not a Markov state:
+            the action still on its way to the robot decides the next state (on the real proxy's PegInsert, one
+            step of latency takes a residual trained without it from 92% to 18%).
     """
 
     mode: str = "step"
@@ -80,11 +84,15 @@ class ResidualConfig(PolicyConfig):
     base_type: str = ""
     base_num_inference_steps: int | None = 4
     state_clip: float | None = 5.0
+    previous_action: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mode not in MODES:
             raise ConfigError(f"residual mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.previous_action and self.mode != "step":
+            raise ConfigError("previous_action is for step-mode residuals (a chunk-mode head plans a whole chunk "
+                              "from the observation)")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ConfigError(f"residual scale must be a positive number, got {self.scale}")
         if not self.hidden_dims or min(self.hidden_dims) < 1:
@@ -124,6 +132,7 @@ class ResidualPolicy(Policy):
         self.obs_dim = spec.flat_dim()
         da, ta = spec.action_dim, spec.n_action_steps
         head_in, head_out = (self.obs_dim + da, da) if config.mode == "step" else (self.obs_dim, ta * da)
+        head_in += da if config.previous_action else 0
         self.head = GaussianMLP(head_in, head_out, hidden_dims=tuple(config.hidden_dims),
                                 activation=config.activation, init_logstd=config.init_logstd,
                                 learn_std=config.learn_std, last_layer_init_std=config.head_init_std)
@@ -157,17 +166,40 @@ class ResidualPolicy(Policy):
         return self.head.trainable_parameters()
 
     # ------------------------------------------------------------------------------ the head's view
-    def head_obs(self, obs: Batch, base_action: Tensor | None = None) -> Tensor:
+    def head_obs(self, obs: Batch, base_action: Tensor | None = None, previous_action: Tensor | None = None
+                 ) -> Tensor:
         """The head's input from raw observations ``{key: (B, To, ...)}``: the normalized current (last) step of
         every low-dimensional key, flattened, and in ``step`` mode the normalized base action ``(B, Da)``
-        (raw units) after it. Returns (B, obs_dim [+ Da])."""
+        (raw units) after it, then with ``previous_action`` the normalized previously executed action (B, Da)
+        (raw units). Returns (B, obs_dim [+ Da [+ Da]])."""
         norm = self.normalize_obs({k: obs[k] for k in self.spec.obs_shapes})
         parts = [norm[k][:, -1].flatten(1) for k in self.spec.lowdim_keys]
         if self.config.mode == "step":
             if base_action is None:
                 raise InputError("a step-mode residual head needs the current base action")
             parts.append(self.normalize_action(torch.as_tensor(base_action, dtype=torch.float32)))
+        if self.config.previous_action:
+            if previous_action is None:
+                raise InputError("this residual head sees the previously executed action: pass previous_action "
+                                 "(a ChunkExecutor or ResidualVecEnv keeps it per sub-env)")
+            parts.append(self.normalize_action(torch.as_tensor(previous_action, dtype=torch.float32)))
         return torch.cat(parts, dim=-1)
+
+    @property
+    def sees_previous_action(self) -> bool:
+        """Whether ``correct`` needs the previously executed action of each sub-env."""
+        return self.config.previous_action
+
+    def with_previous_action(self) -> ResidualPolicy:
+        """This policy with a head that also sees the previously executed action: the new input's weights start
+        at zero, so it acts exactly as before until trained (e.g. when an identified simulation has latency)."""
+        if self.config.previous_action:
+            return self
+        config = replace(self.config, previous_action=True)
+        wider = type(self)(config, self.spec, self.base)
+        wider.normalizer.load_state_dict(self.normalizer.state_dict())
+        wider.head = self.head.with_extra_inputs(self.spec.action_dim)
+        return wider.to(self.device)
 
     def compose(self, base_action: Tensor, delta: Tensor) -> Tensor:
         """Raw base actions (..., Da) and the head's deltas (same shape) -> raw actions, clipped to the bounds:
@@ -179,13 +211,18 @@ class ResidualPolicy(Policy):
 
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
-    def correct(self, obs: Batch, base_action: Tensor, *, deterministic: bool = True) -> Tensor:
+    def correct(self, obs: Batch, base_action: Tensor, *, previous_action: Tensor | None = None,
+                deterministic: bool = True) -> Tensor:
         """``step`` mode, one env step: raw observations ``{key: (B, To, ...)}`` and the base's raw action for this
-        step (B, Da) -> the corrected raw action (B, Da) (the head's mean when ``deterministic``)."""
+        step (B, Da) (and, for a head that sees it, the raw action executed at the previous step (B, Da)) -> the
+        corrected raw action (B, Da) (the head's mean when ``deterministic``)."""
         if self.config.mode != "step":
             raise ConfigError("correct() is for step-mode residual policies; a chunk-mode one corrects in act()")
         base_action = torch.as_tensor(base_action, dtype=torch.float32, device=self.device)
-        delta = self.head.sample(self.head_obs(obs, base_action), deterministic=deterministic).actor_action
+        if previous_action is not None:
+            previous_action = torch.as_tensor(previous_action, dtype=torch.float32, device=self.device)
+        head_obs = self.head_obs(obs, base_action, previous_action)
+        delta = self.head.sample(head_obs, deterministic=deterministic).actor_action
         return self.compose(base_action, delta)
 
     @property
@@ -202,6 +239,9 @@ class ResidualPolicy(Policy):
         ``ChunkExecutor`` (evaluation, deployment) instead corrects each action from the observation at its own
         step, as in training.
         """
+        if self.config.previous_action:
+            raise ConfigError("a residual head that sees the previously executed action acts step by step through "
+                              "a ChunkExecutor (roboloop eval, deploy), which keeps that action per sub-env")
         base_chunk = self.base.act(obs, deterministic=True)  # (B, Ta, Da)
         b, ta, da = base_chunk.shape
         if self.config.mode == "chunk":

@@ -104,17 +104,46 @@ def test_a_step_mode_head_corrects_from_the_base_action(lift_demos: Path) -> Non
     assert not torch.allclose(corrected, base_action)
 
 
-@pytest.mark.parametrize("mode", ["step", "chunk"])
+def test_a_head_that_sees_the_previous_action(lift_demos: Path) -> None:
+    base = make_base(lift_demos)
+    policy = ResidualPolicy.from_base(base, ResidualConfig(scale=0.2))
+    randomize_head(policy)
+    obs = lift_obs()
+    base_action = base.act(obs)[:, 0]
+    previous = torch.rand(3, base.spec.action_dim) * 2 - 1
+    # Given the new input, a trained head starts out acting exactly as before, whatever the previous action.
+    wider = policy.with_previous_action()
+    assert wider.sees_previous_action and not policy.sees_previous_action
+    torch.testing.assert_close(wider.correct(obs, base_action, previous_action=previous),
+                               policy.correct(obs, base_action))  # a wider matmul: rounding only
+    head_in = wider.head_obs(obs, base_action, previous)
+    assert head_in.shape == (3, policy.obs_dim + 2 * base.spec.action_dim)
+    torch.testing.assert_close(head_in[:, -base.spec.action_dim:], wider.normalize_action(previous))
+    # Once its new weights are not zero, the previous action changes the correction.
+    torch.nn.init.normal_(wider.head.trunk[0].weight, std=0.5)
+    assert not torch.allclose(wider.correct(obs, base_action, previous_action=previous),
+                              wider.correct(obs, base_action, previous_action=torch.zeros_like(previous)))
+    with pytest.raises(InputError, match="previous_action"):
+        wider.correct(obs, base_action)
+    with pytest.raises(ConfigError, match="ChunkExecutor"):
+        wider.act(obs)
+    with pytest.raises(ConfigError, match="step-mode"):
+        ResidualConfig(mode="chunk", previous_action=True)
+
+
+@pytest.mark.parametrize("mode", ["step", "chunk", "step_previous_action"])
 def test_the_training_env_runs_what_evaluation_runs(lift_demos: Path, mode: str) -> None:
     """Residual env driven by the head's mean == ChunkExecutor(residual policy) on the same seeded episode."""
-    policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), ResidualConfig(mode=mode))
+    config = ResidualConfig(mode="step", previous_action=True) if mode == "step_previous_action" else (
+        ResidualConfig(mode=mode))
+    policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), config)
     randomize_head(policy)
     venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy)
     # The base plans chunk k right after the env step that precedes it (at reset for the first): seed there.
     torch.manual_seed(5)
     head_obs, _ = venv.reset(seed=11)
     wrapper_states = []
-    steps_per_call = 1 if mode == "step" else TA
+    steps_per_call = TA if mode == "chunk" else 1
     for _ in range(16 // steps_per_call):
         torch.manual_seed(5)  # the base's sampling noise: the same draw on both sides
         delta = policy.head.sample(torch.from_numpy(head_obs), deterministic=True).actor_action.numpy()
