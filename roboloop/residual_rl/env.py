@@ -106,7 +106,7 @@ class ResidualVecEnv(VectorEnv):
         self.mode = policy.config.mode
         spec = policy.spec
         self.chunk_size = spec.n_action_steps
-        head_in = policy.obs_dim + (spec.action_dim if self.mode == "step" else 0)
+        head_in = policy.head.obs_dim  # observation [+ base action [+ previous action]]
         head_out = spec.action_dim * (1 if self.mode == "step" else self.chunk_size)
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (head_in,), np.float32)
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (head_out,), np.float32)  # compose() clips to it

@@ -139,6 +139,7 @@ def test_the_training_env_runs_what_evaluation_runs(lift_demos: Path, mode: str)
     policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), config)
     randomize_head(policy)
     venv = ResidualVecEnv(make_vector_env("Lift", {}, 1, "sync"), policy)
+    assert venv.single_observation_space.shape == (policy.head.obs_dim,)
     # The base plans chunk k right after the env step that precedes it (at reset for the first): seed there.
     torch.manual_seed(5)
     head_obs, _ = venv.reset(seed=11)
