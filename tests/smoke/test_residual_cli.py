@@ -97,6 +97,16 @@ def test_init_continues_a_residual_in_another_simulation(bc_base: Path, tmp_path
     meta = json.loads((second / "checkpoints" / "last" / "meta.json").read_text())
     assert meta["init"] == str(first / "checkpoints" / "last")
     assert meta["env_kwargs"]["randomization"]["action_latency_steps"] == [1, 1]
+    # Widened to see the previous action: the old weights unchanged, the new input's weights zero.
+    third = tmp_path / "third"
+    assert main(["train-residual", f"init={first / 'checkpoints' / 'last'}", f"out_dir={third}",
+                 "ppo.total_env_steps=20", "residual.previous_action=true", *RESIDUAL]) == 0
+    wider = load_file(str(third / "checkpoints" / "last" / "model.safetensors"))
+    first_layer = "head.trunk.0.weight"
+    assert wider[first_layer].shape[1] == trained[first_layer].shape[1] + 5  # Lift's action width
+    assert torch.equal(wider[first_layer][:, :-5], trained[first_layer])
+    assert not wider[first_layer][:, -5:].any()
+    assert Policy.load(third / "checkpoints" / "last").config.previous_action
     assert main(["train-residual", f"init={bc_base}", *RESIDUAL]) == 2
     assert "not a residual checkpoint" in capsys.readouterr().err
     assert main(["train-residual", *RESIDUAL]) == 2
