@@ -1,0 +1,102 @@
+"""Self-improvement on an uncovered task variant: does ``roboloop self-improve`` gain 15 points in 3 rounds?
+
+In one run:
+
+1. ``roboloop self-improve <Lift diffusion base> rounds=3 ...`` on ``Lift_wide`` (timed): Lift with cube placements
+   beyond those of the base's demonstrations (the variant ``residual_success.py`` refines with RL: x +-0.12 ->
+   +-0.2 m, y -0.02..0.15 -> -0.1..0.22 m, yaw +-45 -> +-86 degrees). Each round rolls the current policy out for
+   100 fresh episodes on the variant, keeps the successes, adds them to a copy of the 100 demonstrations and
+   finetunes the policy on the whole file (3000 steps); its ``rounds.json`` gives each round's success on its own
+   rollouts;
+2. ``roboloop eval`` of the base and of the final policy on the same ``--episodes`` seeded episodes of the variant
+   (seeds from 200000, disjoint from every rollout's), side by side, each with its own sampler settings.
+
+Target (issue 6): the final policy >= 15 points above the base on those episodes.
+
+    .venv/bin/python benchmarks/self_improve.py [--episodes 200] [--quick]
+
+``--quick`` runs ``bc_success.py --quick``'s tiny Lift base through one tiny round (plumbing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bc_success import EVAL_SEED, evaluate, roboloop_exe, run_measured, shown
+from common import REPO_ROOT, finish, markdown_table, parse_args, target
+
+from roboloop.core.checkpoint import checkpoint_exists
+from roboloop.core.metrics import format_rate
+
+NAME = "self_improve"
+BASE = Path("outputs/bench/Lift_diffusion/checkpoints/best")
+QUICK_BASE = Path("outputs/bench_quick/Lift_diffusion/checkpoints/last")
+VARIANT = ["env_kwargs.randomization.poses.cube.x=[-0.2,0.2]", "env_kwargs.randomization.poses.cube.y=[-0.1,0.22]",
+           "env_kwargs.randomization.poses.cube.yaw=[-1.5,1.5]"]
+SETTINGS = ["rounds=3", "episodes_per_round=100", "train.steps=3000"]
+QUICK_SETTINGS = ["rounds=1", "episodes_per_round=2", "n_envs=2", "train.steps=2", "train.batch_size=4"]
+MIN_GAIN = 0.15
+EPISODES, QUICK_EPISODES = 200, 2
+
+
+def _extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--episodes", type=int, default=None, help=f"evaluation episodes (default {EPISODES})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(__doc__.splitlines()[0], argv, extra=_extra_args)
+    base = QUICK_BASE if args.quick else BASE
+    if not checkpoint_exists(REPO_ROOT / base):
+        raise SystemExit(f"{NAME}: {base} is missing: run benchmarks/bc_success.py{' --quick' if args.quick else ''}"
+                         f"{'' if args.quick else ' --cases Lift_diffusion'} first")
+    episodes = args.episodes or (QUICK_EPISODES if args.quick else EPISODES)
+    out = Path("outputs") / ("bench_quick" if args.quick else "bench") / "self_improve_Lift_wide"
+    if args.quick:
+        shutil.rmtree(REPO_ROOT / out, ignore_errors=True)
+    cmd = [roboloop_exe(), "self-improve", str(base), f"out_dir={out}", "resume=true",
+           *(QUICK_SETTINGS if args.quick else SETTINGS), *VARIANT]
+    started = time.perf_counter()
+    run = run_measured(cmd, REPO_ROOT / out / "bench_self_improve.log")
+    minutes = (time.perf_counter() - started) / 60
+    if run["rc"] != 0:
+        raise SystemExit(f"{NAME}: self-improve exited with status {run['rc']} (log: "
+                         f"{out / 'bench_self_improve.log'})")
+    rounds = json.loads((REPO_ROOT / out / "rounds.json").read_text())
+    final = Path(rounds[-1]["checkpoint"])
+    base_eval = evaluate(base, out / f"base_eval{episodes}", episodes, VARIANT)
+    final_eval = evaluate(final, out / f"final_eval{episodes}", episodes, VARIANT)
+    for record in (base_eval, final_eval):
+        if "error" in record:
+            raise SystemExit(f"{NAME}: {record['error']}")
+
+    gain = final_eval["success_rate"] - base_eval["success_rate"]
+    round_rows = [(r["round"], format_rate(r["successes"], r["episodes"]), r["kept"], r["dataset_episodes"],
+                   r["checkpoint"]) for r in rounds]
+    text = (f"Self-improvement on Lift_wide (`{shown(cmd)}`, {minutes:.1f} min), then the base and the final policy "
+            f"on the same {episodes} seeded episodes of the variant (seeds from {EVAL_SEED}):\n\n"
+            + markdown_table(["policy", "success [Wilson 95%]", "command"],
+                             [("BC base", format_rate(base_eval["successes"], episodes), f"`{base_eval['command']}`"),
+                              (f"after {len(rounds) - 1} rounds", format_rate(final_eval["successes"], episodes),
+                               f"`{final_eval['command']}`")])
+            + "\n\nEach round's own rollouts (round 0: the base; the kept ones grow the dataset of the next round):\n\n"
+            + markdown_table(["round", "success on its rollouts", "kept", "dataset episodes", "checkpoint"],
+                             round_rows))
+    detail = (f"final {format_rate(final_eval['successes'], episodes)} vs base "
+              f"{format_rate(base_eval['successes'], episodes)}: {100 * gain:+.1f} points")
+    targets = ([target("episodes_counted", final_eval["n_episodes"], "==", episodes)] if args.quick else
+               [target("gain_after_rounds", round(gain, 4), ">=", MIN_GAIN, detail)])
+    figures: dict[str, Any] = {"command": shown(cmd), "minutes": round(minutes, 2), "peak_mb": run["peak_mb"],
+                               "rounds": rounds, "base_eval": base_eval, "final_eval": final_eval,
+                               "gain": gain, "episodes": episodes, "eval_seed": EVAL_SEED}
+    return finish(NAME, figures, targets, text, quick=args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
