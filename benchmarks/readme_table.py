@@ -175,6 +175,15 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      f"{100 * side['nominal']['rate']:.0f}% vs {100 * side['sim2real']['rate']:.0f}%; "
                      f"{f['minutes']:.0f} min", "≥ 90% within 100 real episodes, +20 points, ≤ 120 min",
                      _status(r["targets"]), _command("sim2real")))
+    if (r := _load("self_improve")) is not None:
+        f = r["figures"]
+        rounds = ", ".join(f"{x['round']}: {100 * x['successes'] / x['episodes']:.0f}%" for x in f["rounds"])
+        base, final = f["base_eval"], f["final_eval"]
+        rows.append((f"self-improvement (SAIL rounds, successes kept) on Lift_wide: base vs final policy on the same "
+                     f"{f['episodes']} episodes; each round's own rollouts; time (commit {r['commit']})",
+                     f"{100 * base['success_rate']:.1f}% → {100 * final['success_rate']:.1f}% "
+                     f"({100 * f['gain']:+.1f} points); rounds {rounds}; {f['minutes']:.0f} min",
+                     "+15 points after 3 rounds", _status(r["targets"]), _command("self_improve")))
     return rows
 
 
@@ -269,7 +278,7 @@ def _noise_table() -> str:
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
                               "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
-                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real")
+                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real", "self_improve")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
