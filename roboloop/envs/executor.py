@@ -104,7 +104,8 @@ class ChunkExecutor:
         # step), so its prediction for the current step is _ensemble[i, a, a]; only the last Ta chunks reach it.
         self._ensemble = np.zeros((n, ta, ta, da), dtype=np.float32)
         self._ensemble_valid = np.zeros((n, ta), dtype=bool)
-        self._last_action = np.zeros((n, da), dtype=np.float32)  # executed at the previous step (zeros after reset)
+        # A per-step residual policy: the action each env executed last (raw zeros after a reset).
+        self._last_action = np.zeros((n, da), dtype=np.float32)
         self.n_queries = 0  # policy.act calls so far (useful for profiling and tests)
 
     # ------------------------------------------------------------------------------------------ API
