@@ -70,8 +70,9 @@ class ResidualConfig(PolicyConfig):
             moves the policy by a KL of 1; 5 bounds that (SB3's ``VecNormalize`` clips at 10 for the same reason).
         previous_action: ``step`` mode: the head also sees the action executed at the previous step (normalized;
             raw zeros at an episode's start). With action latency the observation alone is not a Markov state:
-            the action still on its way to the robot decides the next state (on the real proxy's PegInsert, one
-            step of latency takes a residual trained without it from 92% to 18%).
+            the action still on its way to the robot decides the next state. (One step of latency takes the
+            nominal PegInsert residual from 92% to 18% in simulation; seeing the previous action alone did not
+            win that back within 960k env steps of retraining, see the README's sim-to-real section.)
     """
 
     mode: str = "step"
