@@ -278,7 +278,8 @@ def _noise_table() -> str:
 def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
                               "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
-                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real", "self_improve")
+                              "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real",
+                              "self_improve")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."

@@ -6,7 +6,8 @@ In one run:
    residual policy trained in the nominal simulation by ``residual_success.py`` (``outputs/bench/residual_PegInsert``);
    after each deployment 5 identification probes run on the proxy (the settling scripted expert); each iteration
    identifies the proxy from the probes so far, continues the residual in the identified simulation and deploys it
-   again (20 real episodes per deployment; 3 iterations: 95 real episodes in all);
+   again (20 real episodes per deployment; 3 iterations: 95 real episodes in all). Retraining and deployment run
+   with ``hold_steps`` = the identified latency (``hold_for_latency``, the default);
 2. the nominal policy and the loop's final policy are each evaluated on the same ``--eval-episodes`` further
    real-proxy episodes (measurement only: these do not train anything), side by side;
 3. every identification is scored against the proxy's hidden truth (``reveal_parameters``, benchmark-only).
@@ -28,11 +29,11 @@ import time
 
 from common import REPO_ROOT, finish, markdown_table, parse_args, target
 
-from roboloop.core.checkpoint import load_policy
+from roboloop.core.checkpoint import load_policy, read_meta
 from roboloop.core.metrics import format_rate
 from roboloop.sim2real import RealProxy, RealRobotEnv
 from roboloop.sim2real.deploy import deploy
-from roboloop.sim2real.real_robot import HIDDEN_SCALES
+from roboloop.sim2real.real_robot import HIDDEN_SCALES, proxy_env_kwargs
 
 NOMINAL = REPO_ROOT / "outputs" / "bench" / "residual_PegInsert" / "checkpoints" / "best"
 QUICK_NOMINAL = REPO_ROOT / "outputs" / "bench_quick" / "Lift_diffusion" / "checkpoints" / "last"
@@ -69,7 +70,10 @@ def main() -> int:
     episodes = 2 if args.quick else args.eval_episodes
     side_by_side = {}
     for name, checkpoint in (("nominal", str(nominal)), ("sim2real", final["checkpoint"])):
-        robot = RealRobotEnv(RealProxy(report["task"], secret_seed=args.secret_seed), episode_budget=episodes)
+        # Each policy runs at the rate it was trained at (hold_steps in its env_kwargs), on the same hidden physics.
+        kwargs = proxy_env_kwargs(read_meta(checkpoint).get("env_kwargs", {}))
+        robot = RealRobotEnv(RealProxy(report["task"], secret_seed=args.secret_seed, env_kwargs=kwargs),
+                             episode_budget=episodes)
         result = deploy(load_policy(checkpoint), robot, episodes, seed=77_000_000)
         robot.close()
         side_by_side[name] = {"successes": result.successes, "episodes": episodes, "rate": result.success_rate}
@@ -80,7 +84,9 @@ def main() -> int:
         ident = report["trainings"].get(str(entry["iteration"]), {}).get("identification", {})
         errors = ", ".join(f"{k.replace('_scale', '')} {100 * (ident[k] / getattr(truth, k) - 1):+.0f}%"
                            for k in HIDDEN_SCALES if k in ident)
-        latency = f"latency {ident['action_latency_steps']} (true {truth.action_latency_steps})" if ident else ""
+        hold = report["trainings"].get(str(entry["iteration"]), {}).get("hold_steps", 0)
+        latency = (f"latency {ident['action_latency_steps']} (true {truth.action_latency_steps}); decides every "
+                   f"{1 + hold} control steps") if ident else ""
         sim = entry.get("sim_success")
         rows.append((entry["iteration"], format_rate(entry["real_successes"], entry["real_episodes"]),
                      entry["real_episodes_total"], "" if sim is None else f"{100 * sim:.0f}%",

@@ -182,11 +182,17 @@ class Sim2RealConfig:
     the effect of the parameters. ``probe_episodes=0`` identifies from the deployed policy's episodes instead.
     Each iteration then trains the residual further in the identified simulation with randomization around it
     (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are
-    set per iteration) and deploys the result. The loop stops after ``iterations`` retrainings, when the real budget is
-    spent, or when a deployment reaches ``target_success``. Everything the real proxy saw is in
-    ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success, the success in
-    the identified simulation and the identified parameters, and ``sim2real_success.png`` plots real success
-    against real episodes used. A killed run continues with ``resume=true``.
+    set per iteration) and deploys the result. With ``hold_for_latency`` (the default) that retraining and the
+    deployment after it run with the env's ``hold_steps`` set to the identified action latency: the policy decides
+    every ``1 + latency`` control steps and holds in between, so its command has taken effect before it observes
+    again. A policy trained at full rate fails under a latency it does not know (the real proxy's one step of
+    latency takes the nominal PegInsert residual from 92% to 18% in simulation) and PPO under that latency at full
+    rate stalls near 40%, while the same policy holding every other step keeps about 80% before any retraining. The
+    time limit stays in control steps, so holding gets no more time. The loop stops after ``iterations``
+    retrainings, when the real budget is spent, or when a deployment reaches ``target_success``. Everything the
+    real proxy saw is in ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success,
+    the success in the identified simulation and the identified parameters, and ``sim2real_success.png`` plots
+    real success against real episodes used. A killed run continues with ``resume=true``.
 
     Attributes:
         checkpoint: The policy trained in the nominal simulation.
@@ -196,6 +202,7 @@ class Sim2RealConfig:
         real_budget: Real episodes in all (deployments and identification probes).
         probe_episodes: Identification episodes run after each deployment (0: identify from deployments).
         settle_steps: The probes' expert acts every this many steps and holds still in between.
+        hold_for_latency: Retrain and deploy with ``hold_steps`` = the identified action latency (see above).
         identification_episodes: Identify from at most this many of the latest probe (or real) episodes.
         target_success: Stop once a deployment's success reaches this.
         identification: How each identification searches.
@@ -212,6 +219,7 @@ class Sim2RealConfig:
     real_budget: int = 100
     probe_episodes: int = 5
     settle_steps: int = 3
+    hold_for_latency: bool = True
     identification_episodes: int = 40
     target_success: float = 0.9
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
@@ -243,7 +251,9 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
     assert cfg.checkpoint is not None  # checked by the config
     meta = read_meta(cfg.checkpoint)
     task = task_info(meta.get("task") or "PegInsert").name
-    proxy_kwargs = proxy_env_kwargs(meta.get("env_kwargs", {}))
+    # The probes and their replays in identification run the robot at every control step (the probes' expert
+    # settles by itself), whatever rate the policies run at.
+    probe_kwargs = {k: v for k, v in proxy_env_kwargs(meta.get("env_kwargs", {})).items() if k != "hold_steps"}
     out = Path(cfg.out_dir.replace("{task}", task))
     state_path, log_path = out / "report.json", out / "real_episodes.hdf5"
     prepare_run_dir(out, resume=cfg.resume)
@@ -263,7 +273,9 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
             n = min(cfg.episodes_per_iteration, cfg.real_budget - used)
             if n < 1:
                 break
-            robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=proxy_kwargs),
+            # The proxy runs at the rate the policy was trained at (its hold_steps); the hidden physics are the same.
+            deploy_kwargs = proxy_env_kwargs(read_meta(checkpoint).get("env_kwargs", {}))
+            robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=deploy_kwargs),
                                  episode_budget=n, log_path=log_path, policy_id=f"iteration{it}")
             try:
                 result = deploy(load_policy(checkpoint), robot, n, seed=cfg.seed * 1_000_003 + 1000 * it)
@@ -284,11 +296,11 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
             used = _real_episodes_logged(log_path)
             n = min(cfg.probe_episodes, cfg.real_budget - used)
             if n > 0:
-                robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=proxy_kwargs),
+                robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=probe_kwargs),
                                      episode_budget=n, log_path=log_path, policy_id=PROBE_ID)
                 try:
                     run_probe_episodes(robot, n, settle_steps=cfg.settle_steps,
-                                       seed=cfg.seed * 1_000_003 + 1000 * it + 500, env_kwargs=proxy_kwargs)
+                                       seed=cfg.seed * 1_000_003 + 1000 * it + 500, env_kwargs=probe_kwargs)
                 finally:
                     robot.close()
             entry["probe_episodes"] = n
@@ -300,18 +312,21 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
         else:
             episodes = read_real_episodes(log_path, policy_id=PROBE_ID if cfg.probe_episodes else None,
                                           latest=cfg.identification_episodes)
-            ident = identify(task, episodes, cfg.identification, env_kwargs=proxy_kwargs)
+            ident = identify(task, episodes, cfg.identification, env_kwargs=probe_kwargs)
             ident.save(ident_path)
         ranges = ident.randomization(cfg.identification)
         is_residual = read_policy_config(checkpoint)[0] == ResidualPolicy.name
         start_from = {"init": checkpoint, "base": None} if is_residual else {"base": checkpoint, "init": None}
-        train_cfg = replace(cfg.train, **start_from, out_dir=str(out / f"iteration{it + 1}"),
-                            env_kwargs={**cfg.train.env_kwargs, "randomization": ranges},
+        env_kwargs: dict[str, Any] = {**cfg.train.env_kwargs, "randomization": ranges}
+        if cfg.hold_for_latency:
+            env_kwargs["hold_steps"] = ident.action_latency_steps
+        train_cfg = replace(cfg.train, **start_from, out_dir=str(out / f"iteration{it + 1}"), env_kwargs=env_kwargs,
                             ppo=replace(cfg.train.ppo, resume=True))
         run = train_residual(train_cfg)
         evaluated = [h["success_rate"] for h in run.ppo.history if "success_rate" in h]
         # What the next iteration's policy was trained on, and how it did in that simulation.
         state["trainings"][str(it + 1)] = {"identification": {**ident.simulation(), "identifiable": ident.identifiable},
+                                           "hold_steps": env_kwargs.get("hold_steps", 0),
                                            "sim_success": max(evaluated) if evaluated else None}
         write_json(state_path, state)
     text = _sim2real_report(state, cfg)
@@ -327,7 +342,8 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
     for entry in state["iterations"]:
         ident = entry.get("identification", {})
         physics = ", ".join(f"{k.replace('_scale', '')} {v:.2f}" for k, v in ident.items() if k.endswith("_scale"))
-        latency = f"latency {ident['action_latency_steps']}, noise {ident['obs_noise_std']:.2g}" if ident else ""
+        latency = (f"latency {ident['action_latency_steps']}, noise {ident['obs_noise_std']:.2g}; decides every "
+                   f"{1 + entry.get('hold_steps', 0)} control steps") if ident else ""
         sim = entry.get("sim_success")
         rows.append(f"| {entry['iteration']} | {format_rate(entry['real_successes'], entry['real_episodes'])} | "
                     f"{entry['real_episodes_total']} | {'' if sim is None else f'{100 * sim:.0f}%'} | "

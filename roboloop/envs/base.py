@@ -34,6 +34,7 @@ from roboloop.core.errors import ConfigError, StateError
 from roboloop.envs import scene
 from roboloop.envs.effects import ActionLatency, ObservationNoise
 from roboloop.envs.randomization import ModelRandomizer, PoseRange, RandomizationSpec, sample_randomization
+from roboloop.envs.registration import task_info
 from roboloop.envs.rendering import Renderers
 
 STATE_KEY = "observation.state"
@@ -115,6 +116,12 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         max_delta_yaw: Setpoint change, in radians, of a full-scale yaw action.
         proprio: Also observe ``observation.proprio`` (the first 9 values of ``observation.state``, with the same
             sensor noise).
+        hold_steps: After each action the robot holds for this many more control steps (position and yaw setpoints
+            unchanged, grip as commanded) before the env observes again, so the policy decides every
+            ``1 + hold_steps`` control steps. A controller that waits for its command to take effect copes with
+            action latency of up to ``hold_steps`` steps. The reward is summed over the held steps, the episode ends
+            on the first successful one, and the time limit stays in control steps (the robot's time): the env
+            truncates itself after the task's ``max_episode_steps`` control steps.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -141,6 +148,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         max_delta_pos: float = 0.03,
         max_delta_yaw: float = 0.3,
         proprio: bool = False,
+        hold_steps: int = 0,
     ) -> None:
         self.cameras = tuple(cameras)
         unknown = [c for c in self.cameras if c not in scene.CAMERA_NAMES]
@@ -165,6 +173,8 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if not (0 < max_delta_pos <= 0.1 and 0 < max_delta_yaw <= 1.0):
             raise ConfigError(f"max_delta_pos must be in (0, 0.1] m and max_delta_yaw in (0, 1] rad, "
                               f"got {max_delta_pos}, {max_delta_yaw}")
+        if isinstance(hold_steps, bool) or int(hold_steps) != hold_steps or hold_steps < 0:
+            raise ConfigError(f"hold_steps must be an integer >= 0, got {hold_steps!r}")
         self.render_mode = render_mode
         self.render_size = int(render_size)
         self.reward_type = reward_type
@@ -174,7 +184,12 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.max_delta_pos = float(max_delta_pos)
         self.max_delta_yaw = float(max_delta_yaw)
         self.proprio = bool(proprio)
-        self.metadata = {**type(self).metadata, "render_fps": self.control_freq}
+        self.hold_steps = int(hold_steps)
+        # The registered episode limit, in control steps; a holding env enforces it itself (TimeLimit counts
+        # decisions, of which there are 1 + hold_steps times fewer).
+        self._time_limit = task_info(self.task_name).max_episode_steps
+        self._control_steps = 0
+        self.metadata = {**type(self).metadata, "render_fps": self.control_freq / (1 + self.hold_steps)}
         self.randomization = RandomizationSpec.from_mapping(randomization, self.default_randomization())
 
         self.model = mujoco.MjModel.from_xml_string(self._build_xml(physics_dt))
@@ -286,6 +301,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         refresh_derived(m, d)
         self._obs_noise.reset(float(sample["obs_noise_std"]), sample.get("obs_noise_seed"))
         self._episode = sample
+        self._control_steps = 0
         success, terms = self._evaluate()  # the shaped terms too: potential-based shaping needs them at reset
         return self._observation(), {"randomization": sample, "is_success": success, **terms}
 
@@ -293,13 +309,31 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         action = check_action(self.task_name, action, "dx, dy, dz, dyaw, grip")
         if not self._episode:
             raise RuntimeError(f"{self.task_name}: call reset() before step()")
-        action = self._latency(np.minimum(np.maximum(action, -1.0), 1.0))
-        self._apply_action(action)
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
-        success, terms = self._evaluate()
-        reward = float(success) if self.reward_type == "sparse" else float(sum(terms.values()))
+        action = np.minimum(np.maximum(action, -1.0), 1.0)
+        if not self.hold_steps:
+            success, terms = self._control_step(action)
+            reward = float(success) if self.reward_type == "sparse" else float(sum(terms.values()))
+            terms["is_success"] = success
+            return self._observation(), reward, success and self.terminate_on_success, False, terms
+        hold = np.zeros_like(action)
+        hold[4] = action[4]
+        reward, truncated = 0.0, False
+        for k in range(1 + self.hold_steps):
+            success, terms = self._control_step(action if k == 0 else hold)
+            reward += float(success) if self.reward_type == "sparse" else float(sum(terms.values()))
+            truncated = self._control_steps >= self._time_limit
+            if (success and self.terminate_on_success) or truncated:
+                break
         terms["is_success"] = success
-        return self._observation(), reward, success and self.terminate_on_success, False, terms
+        terminated = success and self.terminate_on_success
+        return self._observation(), reward, terminated, truncated and not terminated, terms
+
+    def _control_step(self, action: np.ndarray) -> tuple[bool, dict[str, float]]:
+        """Send ``action`` (clipped) through the latency queue, run one control period, evaluate the task."""
+        self._apply_action(self._latency(action))
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self._control_steps += 1
+        return self._evaluate()
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
