@@ -7,7 +7,10 @@ the sim-to-real loops use: a Gymnasium env with an **episode budget** (real epis
 past the budget raises :class:`BudgetExceededError`), and a **log** that appends every finished episode to an
 episode file with ``source="real"`` (no simulator states: a real robot has none). A physical arm plugs in by
 implementing ``RealRobot`` (the adapter point: reset to a start configuration, send one action, read the
-observation and the success detector) and passing it to ``RealRobotEnv``.
+observation and the success detector) and passing it to ``RealRobotEnv``. A policy trained with the env's
+``hold_steps`` (``roboloop sim2real`` sets it to the identified action latency) expects the arm to hold its pose for
+that many control periods after each action before it observes; an adapter honours the policy's
+``env_kwargs.hold_steps``, as the proxy does through its own ``env_kwargs``.
 
 ``RealProxy`` is the stand-in: a roboloop task simulated under hidden "true" parameters outside the nominal
 simulation (friction, object mass, actuator gain and damping, action latency, observation noise, camera pose,

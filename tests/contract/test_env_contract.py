@@ -182,3 +182,40 @@ def test_unclosed_camera_envs_exit_cleanly() -> None:
             "env = make('Lift', cameras=['front'], render_mode='rgb_array')\nenv.reset(seed=0)\nenv.render()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "EGLError" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("latency", [0, 1])
+def test_hold_steps_act_then_hold_within_the_same_time_limit(latency: int) -> None:
+    """A holding env is the plain env stepped with the action, then with hold actions (zero motion, same grip):
+    the same observations, summed rewards, termination on a successful held step, and the time limit in control
+    steps (Lift: 80 control steps = 40 decisions with one held step each)."""
+    from roboloop.envs.experts import make_expert
+
+    kwargs = {"reward_type": "dense", "randomization": {"action_latency_steps": [latency, latency]}}
+    held, plain = make("Lift", hold_steps=1, **kwargs), make("Lift", **kwargs)
+    expert = make_expert("Lift", plain.unwrapped, seed=0)
+    for seed in (0, 1):
+        obs, _ = held.reset(seed=seed)
+        plain.reset(seed=seed)
+        expert.reset(seed)
+        decisions, control_steps, done = 0, 0, False
+        while not done:
+            action = expert.act(obs)
+            obs, reward, terminated, truncated, info = held.step(action)
+            decisions += 1
+            expected_reward = 0.0
+            for k, sent in enumerate((action, np.r_[np.zeros(4), np.clip(action[4], -1, 1)])):
+                plain_obs, plain_reward, plain_terminated, _, plain_info = plain.step(sent.astype(np.float32))
+                control_steps += 1
+                expected_reward += plain_reward
+                if plain_terminated or control_steps == 80:
+                    break
+            np.testing.assert_array_equal(obs["observation.state"], plain_obs["observation.state"])
+            assert reward == pytest.approx(expected_reward)
+            assert (terminated, info["is_success"]) == (plain_terminated, plain_info["is_success"])
+            assert truncated == (control_steps == 80 and not terminated)
+            done = terminated or truncated
+        assert decisions <= 40 and (terminated or decisions == 40)
+    assert held.metadata["render_fps"] == 5.0
+    with pytest.raises(ConfigError, match="hold_steps must be an integer >= 0"):
+        make("Lift", hold_steps=-1)

@@ -79,6 +79,9 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
     # The retraining ran in the identified simulation.
     meta = json.loads((out / "iteration1" / "checkpoints" / "last" / "meta.json").read_text())
     assert "actuator_gain_scale" in meta["env_kwargs"]["randomization"]
+    # ... at the identified latency's rate, which its deployment used too (hold_for_latency).
+    latency = report["trainings"]["1"]["identification"]["action_latency_steps"]
+    assert meta["env_kwargs"]["hold_steps"] == report["trainings"]["1"]["hold_steps"] == latency
 
     # A finished run resumes to nothing new; a rerun without resume is refused.
     assert main(["sim2real", *args, "resume=true"]) == 0
