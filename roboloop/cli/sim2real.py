@@ -107,8 +107,10 @@ def report(ident: Identification, cfg: SysIdConfig, seconds: float) -> str:
         std = ident.relative_stds[name]
         shown_std = f"{100 * std:.1f}%" if math.isfinite(std) else "inf"
         low, high = ranges[name]
-        rows.append(f"| {name} | {value:.3f} | {shown_std} | {'yes' if ident.identifiable[name] else 'no'} | "
-                    f"[{low:.3f}, {high:.3f}] |")
+        z = ident.profile_zs.get(name)
+        shown_z = "" if z is None else (f"{z:.1f}" if math.isfinite(z) else str(z))
+        rows.append(f"| {name} | {value:.3f} | {shown_std} | {shown_z} | {'yes' if ident.identifiable[name] else 'no'}"
+                    f" | [{low:.3f}, {high:.3f}] |")
     latency = ", ".join(f"{i}: {loss:.3g}" for i, loss in enumerate(ident.latency_losses))
     overrides = " ".join(f"env_kwargs.randomization.{k}=[{v[0]:.4g},{v[1]:.4g}]" for k, v in ranges.items()
                          if isinstance(v, tuple))
@@ -118,11 +120,12 @@ def report(ident: Identification, cfg: SysIdConfig, seconds: float) -> str:
         f"{seconds:.0f} s. Replay error (mean squared, observation.state units): nominal simulation "
         f"{ident.nominal_loss:.3g}, identified {ident.loss:.3g} ({ident.nominal_loss / max(ident.loss, 1e-300):.0f}x "
         "lower).", "",
-        "| parameter | estimate (x nominal) | relative std | identifiable | randomization range |",
-        "|---|---|---|---|---|", *rows,
-        f"| action_latency_steps | {ident.action_latency_steps} | | | [{ident.action_latency_steps}, "
+        "| parameter | estimate (x nominal) | relative std | profile z "
+        f"(+-{200 * cfg.identification.max_relative_std:.0f}%) | identifiable | randomization range |",
+        "|---|---|---|---|---|---|", *rows,
+        f"| action_latency_steps | {ident.action_latency_steps} | | | | [{ident.action_latency_steps}, "
         f"{ident.action_latency_steps}] |",
-        f"| obs_noise_std | {ident.obs_noise_std:.3g} | | | {ident.obs_noise_std:.3g} |", "",
+        f"| obs_noise_std | {ident.obs_noise_std:.3g} | | | | {ident.obs_noise_std:.3g} |", "",
         f"Replay error by latency (nominal physics): {latency}.", "",
         "Train in the identified simulation with these randomization overrides:", "", f"    {overrides} "
         f"env_kwargs.randomization.obs_noise_std={ident.obs_noise_std:.3g}", ""])

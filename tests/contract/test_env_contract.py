@@ -204,7 +204,7 @@ def test_hold_steps_act_then_hold_within_the_same_time_limit(latency: int) -> No
             obs, reward, terminated, truncated, info = held.step(action)
             decisions += 1
             expected_reward = 0.0
-            for k, sent in enumerate((action, np.r_[np.zeros(4), np.clip(action[4], -1, 1)])):
+            for sent in (action, np.r_[np.zeros(4), np.clip(action[4], -1, 1)]):
                 plain_obs, plain_reward, plain_terminated, _, plain_info = plain.step(sent.astype(np.float32))
                 control_steps += 1
                 expected_reward += plain_reward

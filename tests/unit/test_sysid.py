@@ -19,6 +19,7 @@ from roboloop.sim2real.sysid import (
     Identification,
     IdentificationConfig,
     SettlingActor,
+    _profile_zs,
     identify,
 )
 
@@ -79,6 +80,7 @@ def test_identification_recovers_known_gains_latency_and_noise() -> None:
     for name in ("actuator_gain_scale", "actuator_damping_scale"):
         assert ident.estimates[name] == pytest.approx(TRUE[name], rel=0.05), name
         assert ident.identifiable[name] and 0 < ident.relative_stds[name] < 0.1
+        assert ident.profile_zs[name] >= cfg.profile_z
     assert ident.obs_noise_std == pytest.approx(TRUE["obs_noise_std"], rel=0.25)
     assert ident.loss < ident.nominal_loss / 10
     assert ident.history[-1] <= ident.history[0]
@@ -111,7 +113,7 @@ def test_an_unidentified_scale_keeps_the_fallback_range(tmp_path: Path) -> None:
         relative_stds={"actuator_gain_scale": 0.01, "friction_scale": math.inf},
         identifiable={"actuator_gain_scale": True, "friction_scale": False}, action_latency_steps=2,
         latency_losses=[1.0, 0.5, 0.1], obs_noise_std=1e-3, loss=0.1, nominal_loss=1.0, n_episodes=5, n_steps=500,
-        evaluations=10, history=[0.2, 0.1])
+        evaluations=10, history=[0.2, 0.1], profile_zs={"actuator_gain_scale": 40.0, "friction_scale": math.inf})
     cfg = IdentificationConfig(fallback_range=(0.7, 1.5), range_stds=2.0, min_relative_range=0.05)
     ranges = ident.randomization(cfg)
     assert ranges["friction_scale"] == (0.7, 1.5)
@@ -123,6 +125,21 @@ def test_an_unidentified_scale_keeps_the_fallback_range(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="not an identification"):
         Identification.load(tmp_path / "bad.json")
+
+
+def test_the_profile_check_tells_a_pinned_scale_from_a_flat_rugged_one() -> None:
+    """Scale 0 is a clear minimum of every episode's error; scale 1 only adds per-episode ruggedness with no trend
+    (a sharp local dip at the estimate that a small finite-difference step would read as confident curvature)."""
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(0.0, 1.0, 12)
+
+    def episode_losses(x: np.ndarray) -> np.ndarray:
+        rugged = 0.0 if abs(x[1]) < 1e-12 else 0.3 * np.sin(37.0 * x[1] + offsets)
+        return 1.0 + offsets ** 2 + 5.0 * x[0] ** 2 + rugged + 0.01 * x[1] ** 2
+
+    zs = _profile_zs(episode_losses, np.zeros(2), math.log1p(0.2), ["gain", "friction"])
+    assert zs["gain"] > 100  # every episode's error rises by the same amount
+    assert zs["friction"] < 2.0
 
 
 def test_the_settling_actor_acts_every_few_steps_and_holds_its_grip_in_between() -> None:
