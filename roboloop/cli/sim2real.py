@@ -190,7 +190,7 @@ class Sim2RealConfig:
     every ``1 + latency`` control steps and holds in between, so its command has taken effect before it observes
     again. A policy trained at full rate fails under a latency it does not know (the real proxy's one step of
     latency takes the nominal PegInsert residual from 92% to 18% in simulation) and PPO under that latency at full
-    rate stalls near 40%, while the same policy holding every other step keeps about 80% before any retraining. The
+    rate stalls near 40%, while the same policy holding every other step keeps about 85% before any retraining. The
     time limit stays in control steps, so holding gets no more time. The loop stops after ``iterations``
     retrainings, when the real budget is spent, or when a deployment reaches ``target_success``. Everything the
     real proxy saw is in ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success,
