@@ -41,6 +41,7 @@ STATE_KEY = "observation.state"
 PROPRIO_KEY = "observation.proprio"
 IMAGE_PREFIX = "observation.images."
 ACTION_DIM = 5
+GRIP_INDEX = 4  # [dx, dy, dz, dyaw, grip]
 PROPRIO_STRUCTURE: dict[str, int] = {"eef_pos": 3, "eef_yaw_cos_sin": 2, "finger_gap": 1, "eef_vel": 3}
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 _OPEN_GRIP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, -1.0])
@@ -70,6 +71,14 @@ def check_action(task_name: str, action: np.ndarray, layout: str) -> np.ndarray:
     if not np.isfinite(action).all():
         raise ValueError(f"{task_name}: action contains NaN or inf: {action.tolist()}")
     return action
+
+
+def hold_action(action: np.ndarray) -> np.ndarray:
+    """The command that holds the gripper where ``action`` left it: no motion (zero position and yaw deltas), the
+    same grip; same dtype as ``action``."""
+    hold = np.zeros_like(action)
+    hold[GRIP_INDEX:] = action[GRIP_INDEX:]
+    return hold
 
 
 def check_reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -315,8 +324,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             reward = float(success) if self.reward_type == "sparse" else float(sum(terms.values()))
             terms["is_success"] = success
             return self._observation(), reward, success and self.terminate_on_success, False, terms
-        hold = np.zeros_like(action)
-        hold[4] = action[4]
+        hold = hold_action(action)
         reward, truncated = 0.0, False
         for k in range(1 + self.hold_steps):
             success, terms = self._control_step(action if k == 0 else hold)

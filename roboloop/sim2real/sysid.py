@@ -50,7 +50,7 @@ import numpy as np
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.datasets.store import Episode
 from roboloop.envs import task_info
-from roboloop.envs.base import PROPRIO_STRUCTURE, STATE_KEY, ManipulationEnv
+from roboloop.envs.base import PROPRIO_STRUCTURE, STATE_KEY, ManipulationEnv, hold_action
 from roboloop.utils.io import write_json
 
 #: Observations a start pose is estimated from, and how far (m, or units of a quaternion) an object's observed pose
@@ -531,7 +531,6 @@ class SettlingActor:
             self._last = np.asarray(self.actor.act(obs), dtype=np.float32)
             action = self._last
         else:
-            action = np.zeros_like(self._last)
-            action[4:] = self._last[4:]
+            action = hold_action(self._last)
         self._t += 1
         return action
