@@ -177,13 +177,16 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      _status(r["targets"]), _command("sim2real")))
     if (r := _load("self_improve")) is not None:
         f = r["figures"]
-        rounds = ", ".join(f"{x['round']}: {100 * x['successes'] / x['episodes']:.0f}%" for x in f["rounds"])
-        base, final = f["base_eval"], f["final_eval"]
-        rows.append((f"self-improvement (SAIL rounds, successes kept) on Lift_wide: base vs final policy on the same "
-                     f"{f['episodes']} episodes; each round's own rollouts; time (commit {r['commit']})",
-                     f"{100 * base['success_rate']:.1f}% → {100 * final['success_rate']:.1f}% "
-                     f"({100 * f['gain']:+.1f} points); rounds {rounds}; {f['minutes']:.0f} min",
-                     "+15 points after 3 rounds", _status(r["targets"]), _command("self_improve")))
+        for name, v in f["variants"].items():
+            rounds = ", ".join(f"{x['round']}: {100 * x['successes'] / x['episodes']:.0f}%" for x in v["rounds"])
+            base, final = v["base_eval"], v["final_eval"]
+            targeted = name == f["target_variant"]
+            rows.append((f"self-improvement (SAIL rounds, successes kept) on {name}: base vs final policy on the same "
+                         f"{f['episodes']} episodes; each round's own rollouts; time (commit {r['commit']})",
+                         f"{100 * base['success_rate']:.1f}% → {100 * final['success_rate']:.1f}% "
+                         f"({100 * v['gain']:+.1f} points); rounds {rounds}; {v['minutes']:.0f} min",
+                         "+15 points after 3 rounds" if targeted else "reported (see the benchmark's docstring)",
+                         _status(r["targets"]) if targeted else "—", _command("self_improve")))
     return rows
 
 
