@@ -82,7 +82,10 @@ def main() -> int:
     rows = []
     for entry in iterations:
         ident = report["trainings"].get(str(entry["iteration"]), {}).get("identification", {})
+        # A scale sysid disowns is trained under the fallback range, so its estimate's error is not shown.
         errors = ", ".join(f"{k.replace('_scale', '')} {100 * (ident[k] / getattr(truth, k) - 1):+.0f}%"
+                           if ident.get("identifiable", {}).get(k, True) else
+                           f"{k.replace('_scale', '')} not identifiable (fallback range)"
                            for k in HIDDEN_SCALES if k in ident)
         hold = report["trainings"].get(str(entry["iteration"]), {}).get("hold_steps", 0)
         latency = (f"latency {ident['action_latency_steps']} (true {truth.action_latency_steps}); decides every "

@@ -344,7 +344,10 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
     rows = []
     for entry in state["iterations"]:
         ident = entry.get("identification", {})
-        physics = ", ".join(f"{k.replace('_scale', '')} {v:.2f}" for k, v in ident.items() if k.endswith("_scale"))
+        # A scale identification disowns was trained under the fallback range, not under its estimate.
+        physics = ", ".join(f"{k.replace('_scale', '')} {v:.2f}" if ident.get("identifiable", {}).get(k, True)
+                            else f"{k.replace('_scale', '')} fallback range" for k, v in ident.items()
+                            if k.endswith("_scale"))
         latency = (f"latency {ident['action_latency_steps']}, noise {ident['obs_noise_std']:.2g}; decides every "
                    f"{1 + entry.get('hold_steps', 0)} control steps") if ident else ""
         sim = entry.get("sim_success")

@@ -452,16 +452,21 @@ class EpisodeStore:
         return float(np.mean(flags)) if flags else None
 
 
-def grow_dataset(previous: str | Path, rollouts: str | Path, keep: str, path: Path) -> None:
+def grow_dataset(previous: str | Path | None, rollouts: str | Path, keep: str, path: Path) -> None:
     """``path``: a copy of ``previous`` plus the ``rollouts`` (``keep``: ``all`` or the successful ones), written
-    whole or not at all (a killed run leaves no half-grown file, and a finished one is not grown twice)."""
+    whole or not at all (a killed run leaves no half-grown file, and a finished one is not grown twice).
+    ``previous=None`` starts a new file with the rollouts' ``env_args``."""
     if path.exists():
         return
     tmp = path.with_name(f".{path.name}.partial")
-    shutil.copyfile(previous, tmp)
     with EpisodeStore(rollouts) as store:
         episodes = [store.episode(i) for i in range(len(store)) if keep == "all" or store.attrs(i)["success"]]
-    with EpisodeWriter(tmp, mode="a") as writer:
+        env_args = store.env_args
+    if previous is not None:
+        shutil.copyfile(previous, tmp)
+    else:
+        tmp.unlink(missing_ok=True)  # left by a killed run
+    with EpisodeWriter(tmp, mode="a", env_args=None if previous is not None else env_args) as writer:
         for episode in episodes:
             writer.append(episode)
         writer.update_success_mask()

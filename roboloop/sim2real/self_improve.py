@@ -4,8 +4,11 @@ succeeded, adds it to its dataset and is finetuned on the result, round after ro
 Round r rolls the current policy out for ``episodes_per_round`` fresh seeded episodes on the variant (these episodes
 are also round r's measurement of success), appends the successful ones (all of them with ``keep="all"``: SAIL
 finds that filtering matters little) to a copy of the demonstrations, and continues training the policy on the
-whole file for ``train.steps`` steps. The policy's normalizer is kept from behavior cloning, so the finetuned
-weights see observations scaled as before. After the last round the final policy is measured the same way.
+whole file for ``train.steps`` steps. With ``keep_demonstrations=False`` the demonstrations stay out of the
+finetuning data, which then holds only the kept rollouts of every round so far, as SAIL finetunes on its own
+trajectories: on a variant whose dynamics differ (a delayed robot), the demonstrations show what worked without
+the difference and pull the policy back towards it. The policy's normalizer is kept from behavior cloning, so the
+finetuned weights see observations scaled as before. After the last round the final policy is measured the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class SelfImproveConfig:
         rounds: Rollout-and-finetune rounds.
         episodes_per_round: Rollouts per round (and for the final measurement).
         keep: ``success`` (keep successful rollouts) or ``all``.
+        keep_demonstrations: Finetune on demonstrations + kept rollouts (True) or on the kept rollouts alone.
         n_envs: Parallel envs for the rollouts.
         train: Finetuning per round (``steps`` each round; the rest as in behavior cloning).
         seed: Round r's rollouts use seeds ``seed + 100_000 r + k``.
@@ -52,6 +56,7 @@ class SelfImproveConfig:
     rounds: int = 3
     episodes_per_round: int = 100
     keep: str = "success"
+    keep_demonstrations: bool = True
     n_envs: int = 4
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, progress=False))
     seed: int = 500_000
@@ -134,8 +139,12 @@ def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None]
         if r < cfg.rounds:
             grown = out / f"round{r + 1}" / "dataset.hdf5"  # what policy r + 1 is finetuned on
             grown.parent.mkdir(parents=True, exist_ok=True)
-            grow_dataset(dataset, rollouts, cfg.keep, grown)
-            kept = _episodes(grown) - _episodes(dataset)
+            previous = dataset if (r > 0 or cfg.keep_demonstrations) else None
+            grow_dataset(previous, rollouts, cfg.keep, grown)
+            kept = _episodes(grown) - (_episodes(previous) if previous is not None else 0)
+            if kept == 0 and previous is None:
+                raise InputError(f"round {r}: no rollout succeeded, and keep_demonstrations=false leaves nothing to "
+                                 f"finetune on (keep=all, or keep the demonstrations)")
             dataset = grown
         size = _episodes(dataset)
         results.append(RoundResult(r, checkpoint, successes, episodes, kept, size))
@@ -143,7 +152,8 @@ def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None]
             progress(results[-1])
         if r == cfg.rounds:
             break
-        # Finetune on demonstrations + kept rollouts, from the current weights and normalizer.
+        # Finetune on the grown dataset (demonstrations unless left out + kept rollouts), from the current weights
+        # and normalizer.
         spec = policy.spec
         data = SequenceDataset(dataset, obs_keys=list(spec.obs_shapes), n_obs_steps=spec.n_obs_steps,
                                horizon=spec.horizon, n_action_steps=spec.n_action_steps)

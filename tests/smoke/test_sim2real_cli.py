@@ -113,6 +113,14 @@ def test_self_improve_rolls_out_grows_the_dataset_finetunes_and_resumes(tiny_bc:
     assert main(["self-improve", *args]) == 2
     assert main(["self-improve", "keep=some", str(tiny_bc)]) == 2
 
+    # Without the demonstrations, round 1 finetunes on the kept rollouts alone.
+    alone = tmp_path / "sail_alone"
+    assert main(["self-improve", *args[:-2], f"out_dir={alone}", "keep_demonstrations=false", args[-1]]) == 0
+    with EpisodeStore(alone / "round1" / "dataset.hdf5") as grown, EpisodeStore(lift_demos) as demos:
+        assert len(grown) == 2 and grown.env_args["env_name"] == demos.env_args["env_name"]
+        assert {grown.attrs(i)["source"] for i in range(2)} == {"self_improvement"}
+    assert json.loads((alone / "rounds.json").read_text())[0]["kept"] == 2
+
 
 def test_distill_labels_with_the_teacher_trains_an_image_student_and_deploys_both(
         tiny_bc: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
