@@ -5,9 +5,9 @@ For each variant (``--variants``), in one run:
 1. ``roboloop self-improve <Lift diffusion base> rounds=3 ...`` on the variant (timed). Each round rolls the current
    policy out for 100 fresh episodes on the variant, keeps the successes and finetunes the policy on the kept
    rollouts of every round so far (3000 steps; ``keep_demonstrations=false``, as SAIL finetunes on its own
-   trajectories: with the 100 latency-free demonstrations in the data, three runs on Lift_latency ended at +10,
-   +14.5 and +31 points, without them one ended at +30); its ``rounds.json`` gives each round's success on its own
-   rollouts;
+   trajectories. On Lift_latency, with the 100 latency-free demonstrations in the data, runs ended at +10 and +31
+   points over these episodes, +14.5 with 200 rollouts per round, +4 with 6000 steps per round; without them two
+   runs ended at +30 and +15); its ``rounds.json`` gives each round's success on its own rollouts;
 2. ``roboloop eval`` of the base and of the final policy on the same ``--episodes`` seeded episodes of the variant
    (seeds from 200000, disjoint from every rollout's), side by side, each with its own sampler settings.
 
