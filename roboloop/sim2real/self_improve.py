@@ -140,11 +140,11 @@ def self_improve(cfg: SelfImproveConfig, progress: Callable[[RoundResult], None]
             grown = out / f"round{r + 1}" / "dataset.hdf5"  # what policy r + 1 is finetuned on
             grown.parent.mkdir(parents=True, exist_ok=True)
             previous = dataset if (r > 0 or cfg.keep_demonstrations) else None
-            grow_dataset(previous, rollouts, cfg.keep, grown)
-            kept = _episodes(grown) - (_episodes(previous) if previous is not None else 0)
+            kept = episodes if cfg.keep == "all" else successes  # what grow_dataset appends
             if kept == 0 and previous is None:
                 raise InputError(f"round {r}: no rollout succeeded, and keep_demonstrations=false leaves nothing to "
                                  f"finetune on (keep=all, or keep the demonstrations)")
+            grow_dataset(previous, rollouts, cfg.keep, grown)
             dataset = grown
         size = _episodes(dataset)
         results.append(RoundResult(r, checkpoint, successes, episodes, kept, size))
