@@ -181,8 +181,9 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
             rounds = ", ".join(f"{x['round']}: {100 * x['successes'] / x['episodes']:.0f}%" for x in v["rounds"])
             base, final = v["base_eval"], v["final_eval"]
             targeted = name == f["target_variant"]
-            rows.append((f"self-improvement (SAIL rounds, successes kept) on {name}: base vs final policy on the same "
-                         f"{f['episodes']} episodes; each round's own rollouts; time (commit {r['commit']})",
+            rows.append((f"self-improvement (SAIL rounds on the kept successes alone) on {name}: base vs final "
+                         f"policy on the same {f['episodes']} episodes; each round's own rollouts; time "
+                         f"(commit {r['commit']})",
                          f"{100 * base['success_rate']:.1f}% → {100 * final['success_rate']:.1f}% "
                          f"({100 * v['gain']:+.1f} points); rounds {rounds}; {v['minutes']:.0f} min",
                          "+15 points after 3 rounds" if targeted else "reported (see the benchmark's docstring)",
