@@ -123,7 +123,7 @@ def sb3_ppo(envs: VectorEnv, cfg: PPOConfig, *, hidden_dims: Sequence[int] = (25
     batch = cfg.n_steps * envs.num_envs
     act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[activation]
     lr = (lambda progress: progress * cfg.actor_lr) if cfg.anneal_lr else cfg.actor_lr
-    return sb3.PPO(
+    model = sb3.PPO(
         "MlpPolicy", venv, learning_rate=lr, n_steps=cfg.n_steps, batch_size=batch // cfg.n_minibatches,
         n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_coef,
         clip_range_vf=cfg.clip_coef if cfg.clip_vloss else None, normalize_advantage=cfg.normalize_advantage,
@@ -131,3 +131,8 @@ def sb3_ppo(envs: VectorEnv, cfg: PPOConfig, *, hidden_dims: Sequence[int] = (25
         seed=cfg.seed, device="cpu" if cfg.device == "auto" else cfg.device, verbose=verbose,
         policy_kwargs={"net_arch": {"pi": list(hidden_dims), "vf": list(cfg.critic_hidden_dims)},
                        "activation_fn": act, "log_std_init": init_logstd})
+    if not verbose:  # SB3's default logger makes an empty SB3-<date> folder in the temp dir at every learn()
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
