@@ -8,21 +8,24 @@ normalization by ``VecNormalize(norm_obs=False)``, the env adapted by ``make_sb3
 
 Envs (``--env``):
 
-* ``residual`` (default): the residual-RL training env of ``roboloop train-residual``: ``ResidualVecEnv(
-  make_vector_env(task, env_kwargs, n_envs, "sync"), ResidualPolicy.from_base(Policy.load(base)))`` with the task
-  and env_kwargs from the base's ``meta.json`` and the default ``ResidualConfig`` (step mode, scale 0.1, head 2x256
-  relu, log std -1, std fixed for ours and learned by SB3, zero-initialized mean layer for ours). Every run builds
-  a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO: 16 envs, n_steps 100, 4
-  minibatches (of 400), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99, lambda 0.95, clip 0.2,
-  vf_coef 1.0, max_grad_norm 1.0, reward normalization, no target KL, critic 2x256 relu, 100k env steps
-  (``--steps``), 50 evaluation episodes. Ours steps the 16 envs as ``train-residual`` does, in two groups of 8 (two
-  ``ResidualVecEnv`` around one policy, ``env_groups=2``): one group's physics runs on its wrapper's worker
-  thread while the other group's base and head compute. SB3's ``VecEnv`` API steps all envs at once
-  (``step_async`` then at once ``step_wait``), so it gets one ``ResidualVecEnv`` of 16: the same envs, base,
-  head and seeds; the overlap is what our rollout loop adds. Both run with torch on one CPU thread
-  (``--threads``), as ``train-residual`` runs with env groups: the second core belongs to the physics thread (with
-  one group, 1 or 2 torch threads measured the same, 673 and 675 env steps/s on PegInsert). ``--base``
-  defaults to ``bc_success.py``'s PegInsert_diffusion output.
+* ``residual`` (default): the residual-RL training env of ``roboloop train-residual`` with the settings of the
+  PegInsert recipe that reaches >= 95% (``residual_success.CASES["PegInsert"]``, composed through
+  ``TrainResidualConfig``, so the comparison runs what we train with): ``ResidualVecEnv(make_vector_env(task,
+  env_kwargs, n_envs, "sync"), ResidualPolicy.from_base(Policy.load(base), residual), shaping=...)`` with the
+  task and env_kwargs from the base's ``meta.json``; step mode, scale 0.25, head 2x256 relu, log std -2 (fixed for
+  ours, learned by SB3), zero-initialized mean layer for ours; the sparse reward plus the dense ``align`` cost
+  floored at -1. Every run builds a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
+  32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
+  lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
+  480k env steps (``--steps``; the recipe's 3M-step run evaluated 68% at 480k), 100 evaluation episodes. Ours steps
+  the 32 envs as ``train-residual`` does, in two groups of 16 (two ``ResidualVecEnv`` around one policy,
+  ``env_groups=2``): one group's physics runs on its wrapper's worker thread while the other group's base and
+  head compute. SB3's ``VecEnv`` API steps all envs at once (``step_async`` then at once ``step_wait``), so it
+  gets one ``ResidualVecEnv`` of 32: the same envs, base, head and seeds; the overlap is what our rollout loop
+  adds. Both run with torch on one CPU thread (``--threads``), as ``train-residual`` runs with env groups: the
+  second core belongs to the physics thread. With the default ``ResidualConfig`` (scale 0.1, log std -1, no
+  shaping) and 16 envs this measured 1.115x, and neither algorithm learned in 100k steps (8% and 10% against the
+  base's 20%). ``--base`` defaults to ``bc_success.py``'s PegInsert_diffusion output.
 * ``pendulum``: gymnasium ``Pendulum-v1``, a self-contained sanity case needing no checkpoint: 4 envs, n_steps
   1024, 64 minibatches (of 64), 10 epochs, lr 1e-3 annealed, gamma 0.9, lambda 0.95, clip 0.2, vf 0.5, max grad
   norm 0.5, reward normalization, actor and critic 2x64 tanh, log std 0 learned, mean layer gain 0.01 (RL Zoo's
@@ -54,7 +57,7 @@ env-step budget and every evaluation return is finite. ``--quick`` (Pendulum unl
 4096 steps with 2 envs and evaluates 2 episodes: plumbing only.
 
     .venv/bin/python benchmarks/ppo_vs_sb3.py [--env residual --base CHECKPOINT | --env pendulum]
-        [--n-envs 8] [--steps N] [--repeats 1] [--seed 0] [--episodes N] [--threads 1] [--quick]
+        [--n-envs 32] [--steps N] [--repeats 1] [--seed 0] [--episodes N] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
