@@ -48,3 +48,30 @@ def test_actor_step_gives_the_critic_no_weight_gradients() -> None:
     assert all(p.grad is None and p.requires_grad for p in agent.critic.parameters())  # frozen only inside
     assert all(torch.equal(a, b) for a, b in zip(critic_before, agent.critic.parameters(), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters(), strict=True))
+
+
+def test_one_backward_for_actor_and_temperature_matches_two_separate_steps() -> None:
+    """The actor and temperature share a backward; each must still get only its own loss's gradient."""
+    from roboloop.offline_rl.agent_state import frozen, optimizer_step
+    from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
+
+    def build() -> SAC:
+        torch.manual_seed(0)
+        return SAC(TanhGaussianMLP(2, 1, hidden_dims=(8,)), 2, 1, SACConfig(n_critics=2, hidden_dims=[8],
+                                                                              init_alpha=0.5))
+
+    obs = torch.randn(16, 2)
+    merged, separate = build(), build()
+    torch.manual_seed(1)
+    merged.soft.update(obs, merged.critic, lambda q: q.mean(dim=0))
+    torch.manual_seed(1)
+    soft = separate.soft
+    actions, log_probs = soft.actor.rsample(obs)
+    with frozen(separate.critic):
+        q = separate.critic(obs, actions).mean(dim=0)
+    optimizer_step(soft.optimizers["actor"], sac_actor_loss(q, log_probs, soft.alpha.detach()))
+    optimizer_step(soft.optimizers["alpha"], temperature_loss(soft.log_alpha, log_probs, soft.target_entropy))
+    for a, b in zip(merged.actor.parameters(), separate.actor.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(merged.soft.log_alpha, separate.soft.log_alpha, rtol=0, atol=0)
+    assert merged.soft.log_alpha.item() != np.log(0.5)  # the temperature did move
