@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from roboloop.core.errors import ConfigError
+from roboloop.offline_rl.agent_state import frozen, optimizer_step
+from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
 from roboloop.offline_rl.networks import EnsembleLayerNorm
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
@@ -52,8 +54,6 @@ def test_actor_step_gives_the_critic_no_weight_gradients() -> None:
 
 def test_one_backward_for_actor_and_temperature_matches_two_separate_steps() -> None:
     """The actor and temperature share a backward; each must still get only its own loss's gradient."""
-    from roboloop.offline_rl.agent_state import frozen, optimizer_step
-    from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
 
     def build() -> SAC:
         torch.manual_seed(0)
