@@ -37,10 +37,14 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
+def optimizer_step(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
+    """One backward of ``loss``, then a step of each optimizer (several when ``loss`` sums losses whose parameters
+    do not overlap, each already detached from the others' inputs)."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    optimizer.step()
+    for optimizer in optimizers:
+        optimizer.step()
 
 
 @dataclass
@@ -52,7 +56,7 @@ class Trainables:
     tensors: dict[str, Tensor] = field(default_factory=dict)
 
     def step(self, name: str, loss: Tensor) -> None:
-        optimizer_step(self.optimizers[name], loss)
+        optimizer_step(loss, self.optimizers[name])
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides the replay data, cloned."""
@@ -99,10 +103,5 @@ class SoftActor:
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
         # One backward for both: the actor's loss sees alpha detached and the temperature's sees log pi detached,
         # so each optimizer gets exactly the gradient of its own loss (the same steps as two backwards, cheaper).
-        optimizers = (self.optimizers["actor"], self.optimizers["alpha"])
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        (actor_loss + alpha_loss).backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        optimizer_step(actor_loss + alpha_loss, self.optimizers["actor"], self.optimizers["alpha"])
         return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item()}

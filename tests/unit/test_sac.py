@@ -69,8 +69,8 @@ def test_one_backward_for_actor_and_temperature_matches_two_separate_steps() -> 
     actions, log_probs = soft.actor.rsample(obs)
     with frozen(separate.critic):
         q = separate.critic(obs, actions).mean(dim=0)
-    optimizer_step(soft.optimizers["actor"], sac_actor_loss(q, log_probs, soft.alpha.detach()))
-    optimizer_step(soft.optimizers["alpha"], temperature_loss(soft.log_alpha, log_probs, soft.target_entropy))
+    optimizer_step(sac_actor_loss(q, log_probs, soft.alpha.detach()), soft.optimizers["actor"])
+    optimizer_step(temperature_loss(soft.log_alpha, log_probs, soft.target_entropy), soft.optimizers["alpha"])
     for a, b in zip(merged.actor.parameters(), separate.actor.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(merged.soft.log_alpha, separate.soft.log_alpha, rtol=0, atol=0)
