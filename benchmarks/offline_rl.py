@@ -64,6 +64,12 @@ def episode_returns(path: Path) -> np.ndarray:
         return np.array([float(np.sum(store.read(d, "rewards"))) for d in store.demos])
 
 
+def stored_cases(quick: bool) -> dict[str, Any]:
+    """The cases of the stored result (empty if none): each case's result is kept until it is run again."""
+    path = result_path(NAME, quick)
+    return json.loads(path.read_text())["figures"]["cases"] if path.exists() else {}
+
+
 def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     quick = args.quick
     agent = AgentConfig(total_env_steps=6144, checkpoint_every=2048, eval_episodes=1,
@@ -130,8 +136,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_success": offline_success, "final_success": curve[-1]["success_rate"],
             "min_success_first_20k": min(early) if early else None, "curve": curve,
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds}
-    stored_path = result_path(NAME, quick)
-    stored = json.loads(stored_path.read_text())["figures"]["cases"].get("peginsert") if stored_path.exists() else None
+    stored = stored_cases(quick).get("peginsert")
     if stored is not None and all(stored.get(k) == result[k] for k in ("offline_steps", "online_env_steps",
                                                                           "eval_episodes")):
         result["algorithms"] = {**{a: r for a, r in stored["algorithms"].items() if a not in algos},
@@ -193,8 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"{NAME}: unknown case(s) {unknown}; cases are {list(CASES)}")
     out = REPO_ROOT / "outputs" / ("bench_quick" if args.quick else "bench") / NAME
-    stored_path = result_path(NAME, args.quick)
-    cases: dict[str, Any] = json.loads(stored_path.read_text())["figures"]["cases"] if stored_path.exists() else {}
+    cases = stored_cases(args.quick)
     for case in wanted:
         print(f"\n=== {case} ===", file=sys.stderr, flush=True)
         cases[case] = (run_hopper if case == "hopper" else run_peginsert)(args, out / case)
