@@ -23,6 +23,10 @@ class Registry(Mapping[str, T], Generic[T]):
         except KeyError:
             raise ConfigError(f"unknown {self.kind} {name!r}; available: {sorted(self._members)}") from None
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own test looks the name up and catches KeyError, which this lookup does not raise.
+        return name in self._members
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._members)
 

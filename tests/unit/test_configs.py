@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from roboloop.cli.main import CONFIG_DIR, _commands, compose_config
+from roboloop.core.errors import ConfigError
 from roboloop.core.policy import PolicyConfig
+from roboloop.core.registry import Registry
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "train_bc" / "preset").glob("*.yaml"))
 
@@ -42,3 +44,10 @@ def test_the_sim2real_preset_sets_the_retraining_and_keeps_it_typed() -> None:
     cfg = compose_config("sim2real", cmd.schema(), ["checkpoint=x", "train.ppo.total_env_steps=1000"])
     assert type(cfg.train).__name__ == "TrainResidualConfig" and cfg.train.reward_shaping_mode == "dense"
     assert cfg.train.ppo.total_env_steps == 1000 and cfg.train.ppo.n_steps == 150
+
+
+def test_registry_membership_and_lookup_errors() -> None:
+    registry = Registry("widget", {"a": 1})
+    assert "a" in registry and "b" not in registry  # membership never raises
+    with pytest.raises(ConfigError, match=r"unknown widget 'b'; available: \['a'\]"):
+        registry["b"]
