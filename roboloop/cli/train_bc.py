@@ -191,8 +191,6 @@ class EvalCommandConfig(EvalConfig):
         out_dir: Where the results go (default: ``<checkpoint>/eval``).
         sampler: Diffusion only: ``ddim`` or ``ddpm`` instead of the trained default.
         num_inference_steps: Diffusion only: denoising steps instead of the trained default.
-        n_action_steps: Actions executed per predicted chunk instead of the trained number (behavior-cloning
-            checkpoints; at most ``horizon - n_obs_steps + 1``).
         steer: A critic directory (``roboloop train-offline``): value-guided steering (V-GPS) of the checkpoint's
             policy, which samples ``n_samples`` chunks per query and executes the one the critic ranks highest.
         n_samples: Candidate chunks per query when steering.
@@ -204,7 +202,6 @@ class EvalCommandConfig(EvalConfig):
     out_dir: str | None = None
     sampler: str | None = None
     num_inference_steps: int | None = None
-    n_action_steps: int | None = None
     steer: str | None = None
     n_samples: int = 8
     device: str = "auto"
@@ -212,7 +209,7 @@ class EvalCommandConfig(EvalConfig):
 
 def run_eval(cfg: EvalCommandConfig) -> int:
     path = Path(cfg.checkpoint)
-    policy = load_policy(path, device=distributed.resolve_device(cfg.device), n_action_steps=cfg.n_action_steps)
+    policy = load_policy(path, device=distributed.resolve_device(cfg.device))
     meta = read_meta(path)
     task = cfg.task or meta.get("task")
     if task is None:

@@ -16,7 +16,6 @@ moves the old one aside first; if a run dies between the two renames the old one
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -176,12 +175,8 @@ def read_policy_type(path: str | Path) -> str:
 
 
 def load_policy(path: str | Path, *, device: str | torch.device = "cpu",
-                expected: type[Policy] | None = None, n_action_steps: int | None = None) -> Policy:
-    """Build the checkpoint's policy from its config and spec, load its weights strictly, return it in eval mode.
-
-    ``n_action_steps`` executes that many actions of each predicted chunk instead of the trained number (a
-    behavior-cloning policy's weights do not depend on it: it only decides how often the policy re-plans).
-    """
+                expected: type[Policy] | None = None) -> Policy:
+    """Build the checkpoint's policy from its config and spec, load its weights strictly, return it in eval mode."""
     from roboloop.offline_rl.policy import RLActorPolicy
     from roboloop.policies import POLICIES
     from roboloop.residual_rl.policy import ResidualPolicy
@@ -201,12 +196,6 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu",
         raise CheckpointError(f"{str(path)!r}: config does not fit this version's {policy_type!r} "
                               f"policy: {err}") from err
     spec = PolicySpec.from_dict(_read_json(path / SPEC_FILE))
-    if n_action_steps is not None:
-        if policy_type not in POLICIES:
-            raise ConfigError(f"n_action_steps can be changed for behavior-cloning policies ({sorted(POLICIES)}), "
-                              f"not for {str(path)!r}'s {policy_type!r} policy")
-        config = dataclasses.replace(config, n_action_steps=n_action_steps)  # validated against the horizons
-        spec = spec.with_horizons(spec.n_obs_steps, spec.horizon, n_action_steps)
     policy = cls.from_checkpoint_parts(config, spec, path)
     if not (path / MODEL_FILE).exists():
         raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}")

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from roboloop.core.checkpoint import load_policy
-from roboloop.core.errors import CheckpointError, ConfigError, InputError, StateError
+from roboloop.core.errors import CheckpointError, InputError, StateError
 from roboloop.core.policy import Policy
 from roboloop.core.spec import PolicySpec
 from roboloop.policies import POLICIES
@@ -185,18 +184,3 @@ def test_incompatible_checkpoints_are_refused(name: str, tmp_path: Path) -> None
 
     with pytest.raises(CheckpointError, match="does not exist"):
         Policy.load(tmp_path / "nowhere")
-
-
-@names
-def test_loading_with_fewer_executed_actions_keeps_the_chunk_prefix(name: str, tmp_path: Path) -> None:
-    path = make_policy(name).eval().save(tmp_path / "ckpt")
-    trained, replanning = load_policy(path), load_policy(path, n_action_steps=1)
-    assert replanning.spec.n_action_steps == replanning.config.n_action_steps == 1
-    obs = make_obs()
-    torch.manual_seed(5)
-    full = trained.act(obs, deterministic=False)  # (B, TA, DA)
-    torch.manual_seed(5)
-    first = replanning.act(obs, deterministic=False)  # (B, 1, DA): the same draw, cut after its first action
-    assert first.shape == (B, 1, DA) and torch.equal(first, full[:, :1])
-    with pytest.raises(ConfigError, match="n_action_steps"):
-        load_policy(path, n_action_steps=TP - TO + 2)
