@@ -88,12 +88,18 @@ def test_the_base_is_frozen_three_ways(lift_demos: Path) -> None:
     assert base.config.num_inference_steps == 4  # the residual's base sampler setting (ResiP: 4 DDIM steps)
 
 
-def test_a_step_mode_head_corrects_from_the_base_action(lift_demos: Path) -> None:
+def step_mode_setup(lift_demos: Path) -> tuple[Policy, ResidualPolicy, dict[str, torch.Tensor], torch.Tensor]:
+    """An MLP base, a step-mode residual with a random head (scale 0.2), Lift observations (B=3) and the
+    base's current action for them (3, Da)."""
     base = make_base(lift_demos)
     policy = ResidualPolicy.from_base(base, ResidualConfig(scale=0.2))
     randomize_head(policy)
     obs = lift_obs()
-    base_action = base.act(obs)[:, 0]
+    return base, policy, obs, base.act(obs)[:, 0]
+
+
+def test_a_step_mode_head_corrects_from_the_base_action(lift_demos: Path) -> None:
+    base, policy, obs, base_action = step_mode_setup(lift_demos)
     corrected = policy.correct(obs, base_action)
     head_in = policy.head_obs(obs, base_action)
     assert head_in.shape == (3, policy.obs_dim + base.spec.action_dim)
@@ -105,11 +111,7 @@ def test_a_step_mode_head_corrects_from_the_base_action(lift_demos: Path) -> Non
 
 
 def test_a_head_that_sees_the_previous_action(lift_demos: Path) -> None:
-    base = make_base(lift_demos)
-    policy = ResidualPolicy.from_base(base, ResidualConfig(scale=0.2))
-    randomize_head(policy)
-    obs = lift_obs()
-    base_action = base.act(obs)[:, 0]
+    base, policy, obs, base_action = step_mode_setup(lift_demos)
     previous = torch.rand(3, base.spec.action_dim) * 2 - 1
     # Given the new input, a trained head starts out acting exactly as before, whatever the previous action.
     wider = policy.with_previous_action()
