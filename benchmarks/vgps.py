@@ -6,11 +6,21 @@ algo=iql``; its Q-ensemble is the critic) and steers both of the task's bases at
 whose first action the critic scores highest (``roboloop eval ... steer=<critic> n_samples=n``). ``n = 1`` is the
 unsteered base sampling the same way. Every ``n`` of a base runs the same ``--episodes`` seeded episodes.
 
-Tasks and bases: each base is trained here with ``roboloop train-bc dataset=<the task's medium tier>`` if its
-checkpoint is missing: demonstrations of the scripted expert with the tier's action noise (about half succeed),
-the mixed-quality data that V-GPS's generalist policies learn from, so that the sampled chunks differ and some are
-better than others. (Bases cloned from clean expert demonstrations sample nearly the same chunk every time: ACT's
-decoder learns to ignore its latent, and steering them changed nothing, 69/69/70% and 20/20/20% on Lift.)
+Each query executes one action (``n_action_steps=1`` at evaluation; the bases are trained executing 4): the critic
+scores a candidate's first action, so that is the action that should run, and every step gets its own choice, as
+in V-GPS. (Executing the whole 4-action chunk of the chosen candidate steered one action in four: the Lift
+diffusion base went 35% -> 52% at n=4 over 40 episodes, against 25% -> 85% with one action per query.)
+
+Tasks and bases: each base is trained here with ``roboloop train-bc`` if its checkpoint is missing, on
+demonstrations of the scripted expert with per-step action noise (``BASE_NOISE``): the mixed-quality data that
+V-GPS's generalist policies learn from, so that the sampled chunks differ and some are better than others. (Bases
+cloned from clean expert demonstrations sample nearly the same chunk every time, and steering them changed nothing,
+69/69/70% and 20/20/20% on Lift.) Lift's bases learn from its ``medium`` tier (noise 0.4, about half succeed);
+PushAround's from noise 0.05 (about 80% succeed), because its expert cannot recover from much noise: a diffusion
+base cloned from its ``medium`` tier (noise 0.2) succeeded 0/20 times. ACT trains with ``kl_weight=0.001``: the
+reconstruction loss is a mean over the chunk's Tp x Da entries and the KL a sum over the latent, so at larger
+weights encoding one noisy action costs more than it saves; the latent collapses (KL about 0.001 on Lift at ACT's 10
+and at 1, 0.04 and falling at 0.1; about 3.5 at 0.001) and every sampled chunk is the same.
 
 * ``Lift`` and ``PushAround``, each with a diffusion and an ACT base.
 
@@ -40,12 +50,16 @@ MIN_GAIN = 0.05
 EVAL_SEED = 400_000
 #: ACT as its CPU presets train it (lr 1e-4; at ACT's default 1e-5, 3000 steps left Lift's base at 4%).
 ACT = ["train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
-       "policy.n_action_steps=4"]
+       "policy.n_action_steps=4", "policy.kl_weight=0.001"]
 #: task -> {policy: train-bc overrides}
 BASES: dict[str, dict[str, list[str]]] = {
     "Lift": {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"], "act": ACT},
-    "PushAround": {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"], "act": ACT},
+    "PushAround": {"diffusion": ["train.steps=10000", "policy.n_action_steps=4"], "act": ACT},
 }
+#: task -> expert noise of the bases' demonstrations (None: the task's ``medium`` tier).
+BASE_NOISE: dict[str, float | None] = {"Lift": None, "PushAround": 0.05}
+#: Actions executed per query at evaluation: the candidate's first, the one the critic scored.
+STEERED_ACTION_STEPS = 1
 
 
 def extra_args(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +84,24 @@ def tiers(task: str, out: Path, quick: bool) -> Path:
     return directory
 
 
+def base_data(task: str, out: Path, quick: bool) -> Path:
+    """The bases' demonstrations: the ``medium`` tier, or the expert at the task's ``BASE_NOISE``, made once."""
+    noise = BASE_NOISE[task]
+    if noise is None:
+        return tiers(task, out, quick) / "medium.hdf5"
+    directory = out / "tiers" / f"{task}_noise{noise}"
+    if not (directory / "medium.hdf5").exists():
+        run(["make-tiers", f"task={task}", "tiers=[medium]", f"medium_noise={noise}",
+             f"n_episodes={4 if quick else 200}", f"out_dir={directory}", "progress=false"])
+    return directory / "medium.hdf5"
+
+
 def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
     run_dir = out / f"{task}_{policy}"
     checkpoint = run_dir / "checkpoints" / "last"
     if not checkpoint_exists(checkpoint):
         extra = ["train.steps=20", "train.batch_size=16"] if quick else BASES[task][policy]
-        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={tiers(task, out, quick) / 'medium.hdf5'}",
+        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={base_data(task, out, quick)}",
              f"out_dir={run_dir}", "train.progress=false", "train.eval_every=0", "evaluate=false",
              "train.resume=true", *extra])
     return checkpoint
@@ -97,11 +123,14 @@ def evaluate(checkpoint: Path, critic: Path, n: int, episodes: int, out_dir: Pat
     stored = out_dir / "eval.json"
     if stored.exists():
         result = json.loads(stored.read_text())
-        if (result.get("n_episodes") == episodes and result.get("config", {}).get("seed") == EVAL_SEED
+        config = result.get("config", {})
+        if (result.get("n_episodes") == episodes and config.get("seed") == EVAL_SEED
+                and config.get("n_action_steps") == STEERED_ACTION_STEPS
                 and stored.stat().st_mtime > (checkpoint / "model.safetensors").stat().st_mtime):
             return {"success_rate": result["success_rate"], "successes": result["successes"]}
-    run(["eval", f"checkpoint={checkpoint}", f"steer={critic}", f"n_samples={n}", f"n_episodes={episodes}",
-         f"seed={EVAL_SEED}", "n_envs=4", f"out_dir={out_dir}", "progress=false", "video=false"])
+    run(["eval", f"checkpoint={checkpoint}", f"steer={critic}", f"n_samples={n}",
+         f"n_action_steps={STEERED_ACTION_STEPS}", f"n_episodes={episodes}", f"seed={EVAL_SEED}", "n_envs=4",
+         f"out_dir={out_dir}", "progress=false", "video=false"])
     result = json.loads((out_dir / "eval.json").read_text())
     return {"success_rate": result["success_rate"], "successes": result["successes"]}
 
