@@ -48,7 +48,8 @@ from roboloop.core.metrics import format_rate
 NAME = "vgps"
 MIN_GAIN = 0.05
 EVAL_SEED = 400_000
-#: ACT as its CPU presets train it (lr 1e-4; at ACT's default 1e-5, 3000 steps left Lift's base at 4%).
+#: ACT as its CPU presets train it (lr 1e-4; at ACT's default 1e-5, 3000 steps left Lift's base at 4%), with the
+#: small kl_weight that keeps its latent (see above).
 ACT = ["train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
        "policy.n_action_steps=4", "policy.kl_weight=0.001"]
 #: task -> {policy: train-bc overrides}
@@ -75,25 +76,26 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"{NAME}: `roboloop {' '.join(args)}` exited with {rc}")
 
 
-def tiers(task: str, out: Path, quick: bool) -> Path:
-    """The task's ``medium`` (the bases' data) and ``mixed`` (the critic's) tiers, made once."""
-    directory = out / "tiers" / task
-    if not all((directory / f"{tier}.hdf5").exists() for tier in ("medium", "mixed")):
-        run(["make-tiers", f"task={task}", "tiers=[medium,mixed]", f"n_episodes={4 if quick else 200}",
-             f"out_dir={directory}", "progress=false"])
+def make_tiers(directory: Path, task: str, names: list[str], quick: bool, *overrides: str) -> Path:
+    """``roboloop make-tiers`` into ``directory`` unless every tier in ``names`` is already there."""
+    if not all((directory / f"{name}.hdf5").exists() for name in names):
+        run(["make-tiers", f"task={task}", f"tiers=[{','.join(names)}]", f"n_episodes={4 if quick else 200}",
+             f"out_dir={directory}", "progress=false", *overrides])
     return directory
 
 
+def critic_data(task: str, out: Path, quick: bool) -> Path:
+    """The task's ``mixed`` tier (with ``medium``, the bases' data where ``BASE_NOISE`` is None)."""
+    return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "mixed.hdf5"
+
+
 def base_data(task: str, out: Path, quick: bool) -> Path:
-    """The bases' demonstrations: the ``medium`` tier, or the expert at the task's ``BASE_NOISE``, made once."""
+    """The bases' demonstrations: the ``medium`` tier, or the expert at the task's ``BASE_NOISE``."""
     noise = BASE_NOISE[task]
     if noise is None:
-        return tiers(task, out, quick) / "medium.hdf5"
-    directory = out / "tiers" / f"{task}_noise{noise}"
-    if not (directory / "medium.hdf5").exists():
-        run(["make-tiers", f"task={task}", "tiers=[medium]", f"medium_noise={noise}",
-             f"n_episodes={4 if quick else 200}", f"out_dir={directory}", "progress=false"])
-    return directory / "medium.hdf5"
+        return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "medium.hdf5"
+    return make_tiers(out / "tiers" / f"{task}_noise{noise}", task, ["medium"], quick,
+                      f"medium_noise={noise}") / "medium.hdf5"
 
 
 def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
@@ -110,7 +112,7 @@ def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
 def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
     run_dir = out / f"{task}_critic"
     if not (run_dir / "critic" / "critic.json").exists():
-        run(["train-offline", "algo=iql", f"dataset={tiers(task, out, quick) / 'mixed.hdf5'}", f"out_dir={run_dir}",
+        run(["train-offline", "algo=iql", f"dataset={critic_data(task, out, quick)}", f"out_dir={run_dir}",
              f"train.offline_steps={20 if quick else steps}", "train.eval_every=0", "train.progress=false",
              "train.resume=true",
              "eval.n_episodes=1"])
