@@ -12,15 +12,21 @@ in V-GPS. (Executing the whole 4-action chunk of the chosen candidate steered on
 diffusion base went 35% -> 52% at n=4 over 40 episodes, against 25% -> 85% with one action per query.)
 
 Tasks and bases: each base is trained here with ``roboloop train-bc`` if its checkpoint is missing, on
-demonstrations of the scripted expert with per-step action noise (``BASE_NOISE``): the mixed-quality data that
+demonstrations of the scripted expert with per-step action noise (``Base.noise``): the mixed-quality data that
 V-GPS's generalist policies learn from, so that the sampled chunks differ and some are better than others. (Bases
 cloned from clean expert demonstrations sample nearly the same chunk every time, and steering them changed nothing,
-69/69/70% and 20/20/20% on Lift.) Lift's bases learn from its ``medium`` tier (noise 0.4, about half succeed);
-PushAround's from noise 0.05 (about 80% succeed), because its expert cannot recover from much noise: a diffusion
-base cloned from its ``medium`` tier (noise 0.2) succeeded 0/20 times. ACT trains with ``kl_weight=0.001``: the
-reconstruction loss is a mean over the chunk's Tp x Da entries and the KL a sum over the latent, so at larger
-weights encoding one noisy action costs more than it saves; the latent collapses (KL about 0.001 on Lift at ACT's 10
-and at 1, 0.04 and falling at 0.1; about 3.5 at 0.001) and every sampled chunk is the same.
+69/69/70% and 20/20/20% on Lift.) The noise is as much as each base still learns from:
+
+* Lift diffusion: the ``medium`` tier (noise 0.4, about half the episodes succeed).
+* Lift ACT: noise 0.2 (97.5% succeed). From the ``medium`` tier ACT's base scored 0/4/1% at n=1/4/16, and ACT
+  without its CVAE, or an MLP, 0/20: these regressors do not pull the expert out of 40% random actions.
+* PushAround, both: noise 0.05 (about 80% succeed). Its expert cannot recover from much noise: a diffusion base
+  cloned from its ``medium`` tier (noise 0.2) succeeded 0/20 times.
+
+ACT trains with ``kl_weight=0.001``: the reconstruction loss is a mean over the chunk's Tp x Da entries and the KL
+a sum over the latent, so at larger weights encoding one noisy action costs more than it saves; the latent
+collapses (KL about 0.001 on Lift at ACT's 10 and at 1, 0.04 and falling at 0.1; about 3.5 at 0.001) and every
+sampled chunk is the same. It trains with ``loss=mse`` (see ``ACTConfig.loss``): with L1 both ACT bases scored 0%.
 
 * ``Lift`` and ``PushAround``, each with a diffusion and an ACT base.
 
@@ -36,6 +42,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +56,26 @@ NAME = "vgps"
 MIN_GAIN = 0.05
 EVAL_SEED = 400_000
 #: ACT as its CPU presets train it (lr 1e-4; at ACT's default 1e-5, 3000 steps left Lift's base at 4%), with the
-#: small kl_weight that keeps its latent (see above).
-ACT = ["train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
-       "policy.n_action_steps=4", "policy.kl_weight=0.001"]
-#: task -> {policy: train-bc overrides}
-BASES: dict[str, dict[str, list[str]]] = {
-    "Lift": {"diffusion": ["train.steps=3000", "policy.n_action_steps=4"], "act": ACT},
-    "PushAround": {"diffusion": ["train.steps=10000", "policy.n_action_steps=4"], "act": ACT},
+#: small kl_weight that keeps its latent (see above) and the mse loss (see ``ACTConfig.loss``).
+ACT = ("train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
+       "policy.n_action_steps=4", "policy.kl_weight=0.001", "policy.loss=mse")
+
+
+@dataclass(frozen=True)
+class Base:
+    """How a base is made: the scripted expert's per-step action noise in its demonstrations (None: the task's
+    ``medium`` tier) and its ``roboloop train-bc`` overrides."""
+
+    noise: float | None
+    overrides: tuple[str, ...]
+
+
+#: task -> {policy: base}
+BASES: dict[str, dict[str, Base]] = {
+    "Lift": {"diffusion": Base(None, ("train.steps=3000", "policy.n_action_steps=4")), "act": Base(0.2, ACT)},
+    "PushAround": {"diffusion": Base(0.05, ("train.steps=10000", "policy.n_action_steps=4")),
+                   "act": Base(0.05, ACT)},
 }
-#: task -> expert noise of the bases' demonstrations (None: the task's ``medium`` tier).
-BASE_NOISE: dict[str, float | None] = {"Lift": None, "PushAround": 0.05}
 #: Actions executed per query at evaluation: the candidate's first, the one the critic scored.
 STEERED_ACTION_STEPS = 1
 
@@ -85,13 +102,12 @@ def make_tiers(directory: Path, task: str, names: list[str], quick: bool, *overr
 
 
 def critic_data(task: str, out: Path, quick: bool) -> Path:
-    """The task's ``mixed`` tier (with ``medium``, the bases' data where ``BASE_NOISE`` is None)."""
+    """The task's ``mixed`` tier (made with ``medium``, the data of bases whose ``noise`` is None)."""
     return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "mixed.hdf5"
 
 
-def base_data(task: str, out: Path, quick: bool) -> Path:
-    """The bases' demonstrations: the ``medium`` tier, or the expert at the task's ``BASE_NOISE``."""
-    noise = BASE_NOISE[task]
+def base_data(task: str, noise: float | None, out: Path, quick: bool) -> Path:
+    """A base's demonstrations: the task's ``medium`` tier, or the expert at ``noise``."""
     if noise is None:
         return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "medium.hdf5"
     return make_tiers(out / "tiers" / f"{task}_noise{noise}", task, ["medium"], quick,
@@ -102,8 +118,9 @@ def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
     run_dir = out / f"{task}_{policy}"
     checkpoint = run_dir / "checkpoints" / "last"
     if not checkpoint_exists(checkpoint):
-        extra = ["train.steps=20", "train.batch_size=16"] if quick else BASES[task][policy]
-        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={base_data(task, out, quick)}",
+        base = BASES[task][policy]
+        extra = ("train.steps=20", "train.batch_size=16") if quick else base.overrides
+        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={base_data(task, base.noise, out, quick)}",
              f"out_dir={run_dir}", "train.progress=false", "train.eval_every=0", "evaluate=false",
              "train.resume=true", *extra])
     return checkpoint

@@ -32,7 +32,10 @@ class ACTConfig(PolicyConfig):
         latent_dim: Size of the latent z.
         n_vae_encoder_layers: Layers of the posterior encoder over [CLS, state, action chunk] (training only).
         kl_weight: Weight of KL(posterior || N(0, I)) in the loss.
-        loss: Reconstruction loss of the normalized chunk, ``l1`` (ACT) or ``mse``.
+        loss: Reconstruction loss of the normalized chunk, ``l1`` (ACT) or ``mse``. Scripted demonstrations leave
+            some action dimensions exactly 0 on most steps (Lift: dx on 72% of them, dyaw on 75%); L1's per-state
+            median then holds those outputs at a constant 0, and ``mse`` learns them (Lift, 100 clean demos, 3000
+            steps: 5/20 episodes with ``l1``, 15/20 with ``mse``).
         vision: Camera encoder (one token per camera per step), used when ``obs_keys`` has images.
     """
 
