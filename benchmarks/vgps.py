@@ -27,8 +27,8 @@ ACT trains with ``kl_weight=0.001``: the reconstruction loss is a mean over the 
 a sum over the latent, so at larger weights encoding one noisy action costs more than it saves; the latent
 collapses (KL about 0.001 on Lift at ACT's 10 and at 1, 0.04 and falling at 0.1; about 3.5 at 0.001) and every
 sampled chunk is the same. It trains with ``loss=mse`` (see ``ACTConfig.loss``): with L1 both ACT bases scored 0%.
-Even so, ACT is not steered upward yet: at this weight its prior draws include chunks unlike the data, which the
-critic, trained on the data, overrates (Lift ACT: 35% unsteered, 23% at n=4, 2% at n=16).
+Even so, ACT is not steered upward yet (Lift ACT: 35% unsteered, 23% at n=4, 2% at n=16), most likely because at
+this weight its prior draws include chunks unlike the data, which the critic, trained on the data, may overrate.
 
 * ``Lift`` and ``PushAround``, each with a diffusion and an ACT base.
 
