@@ -103,15 +103,15 @@ def make_tiers(directory: Path, task: str, names: list[str], quick: bool, *overr
     return directory
 
 
-def critic_data(task: str, out: Path, quick: bool) -> Path:
-    """The task's ``mixed`` tier (made with ``medium``, the data of bases whose ``noise`` is None)."""
-    return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "mixed.hdf5"
+def task_tiers(task: str, out: Path, quick: bool) -> Path:
+    """The task's ``medium`` and ``mixed`` tiers: the critic's data, and that of bases whose ``noise`` is None."""
+    return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick)
 
 
 def base_data(task: str, noise: float | None, out: Path, quick: bool) -> Path:
     """A base's demonstrations: the task's ``medium`` tier, or the expert at ``noise``."""
     if noise is None:
-        return make_tiers(out / "tiers" / task, task, ["medium", "mixed"], quick) / "medium.hdf5"
+        return task_tiers(task, out, quick) / "medium.hdf5"
     return make_tiers(out / "tiers" / f"{task}_noise{noise}", task, ["medium"], quick,
                       f"medium_noise={noise}") / "medium.hdf5"
 
@@ -131,10 +131,9 @@ def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
 def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
     run_dir = out / f"{task}_critic"
     if not (run_dir / "critic" / "critic.json").exists():
-        run(["train-offline", "algo=iql", f"dataset={critic_data(task, out, quick)}", f"out_dir={run_dir}",
-             f"train.offline_steps={20 if quick else steps}", "train.eval_every=0", "train.progress=false",
-             "train.resume=true",
-             "eval.n_episodes=1"])
+        run(["train-offline", "algo=iql", f"dataset={task_tiers(task, out, quick) / 'mixed.hdf5'}",
+             f"out_dir={run_dir}", f"train.offline_steps={20 if quick else steps}", "train.eval_every=0",
+             "train.progress=false", "train.resume=true", "eval.n_episodes=1"])
     return run_dir / "critic"
 
 
