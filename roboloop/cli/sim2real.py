@@ -19,13 +19,12 @@ from roboloop.core.errors import ConfigError
 from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.datasets.store import EpisodeStore
 from roboloop.envs import task_info
-from roboloop.envs.experts import make_expert
 from roboloop.residual_rl import ResidualPolicy
 from roboloop.sim2real.deploy import deploy, run_episodes
 from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
 from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv, proxy_env_kwargs
 from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
-from roboloop.sim2real.sysid import Identification, IdentificationConfig, SettlingActor, identify
+from roboloop.sim2real.sysid import Identification, IdentificationConfig, ProbeConfig, identify, probe_actor
 from roboloop.utils.io import atomic_path, prepare_run_dir, write_json
 
 #: The policy id of identification episodes (the settling scripted expert) in a real-episode log.
@@ -37,17 +36,18 @@ class SysIdConfig:
     """Identify a task's simulation (physics scales, action latency, sensor noise) from real episodes.
 
     With ``real_log`` unset, the episodes are run on the real proxy (hidden parameters from ``secret_seed``) by the
-    task's scripted expert, slowed down to act on settled observations (``settle_steps``), within a budget of
-    ``episodes``, and logged to ``<output_dir>/real_episodes.hdf5``. With ``real_log=FILE``, the episodes of that
-    file whose source is ``real`` are identified from (a physical robot's log). Writes ``identification.json``
-    (estimates, relative stds, the randomization ranges for training), ``report.md`` and ``sysid_loss.png``.
+    task's scripted expert, slowed down to act on settled observations, which after its first grasp drags the object
+    over the table (``probe``, see ``ProbeConfig``), within a budget of ``episodes``, and logged to
+    ``<output_dir>/real_episodes.hdf5``. With ``real_log=FILE``, the episodes of that file whose source is ``real``
+    are identified from (a physical robot's log). Writes ``identification.json`` (estimates, relative stds, the
+    randomization ranges for training), ``report.md`` and ``sysid_loss.png``.
     """
 
     task: str = "PegInsert"
     real_log: str | None = None
     secret_seed: int = 0
     episodes: int = 20
-    settle_steps: int = 3
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = 0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
@@ -55,23 +55,23 @@ class SysIdConfig:
 
     def __post_init__(self) -> None:
         self.task = task_info(self.task).name
-        if self.episodes < 1 or self.settle_steps < 1:
-            raise ConfigError(f"sysid episodes and settle_steps must be >= 1, got {self.episodes}, "
-                              f"{self.settle_steps}")
+        if self.episodes < 1:
+            raise ConfigError(f"sysid episodes must be >= 1, got {self.episodes}")
         if self.real_log is None and self.episodes < self.identification.min_episodes:
             # Refused before any real episode is spent on it.
             raise ConfigError(f"identification needs at least {self.identification.min_episodes} episodes of real "
                               f"data; episodes={self.episodes} would not be enough")
 
 
-def run_probe_episodes(robot: RealRobotEnv, n_episodes: int, *, settle_steps: int, seed: int,
+def run_probe_episodes(robot: RealRobotEnv, n_episodes: int, *, probe: ProbeConfig, seed: int,
                        env_kwargs: dict[str, Any]) -> None:
-    """Run ``n_episodes`` identification episodes of the task's settling expert on ``robot`` (which logs them).
+    """Run ``n_episodes`` identification episodes (``probe_actor``: the task's settling expert, dragging what it
+    grasps) on ``robot`` (which logs them).
 
     The expert reads only geometry from an env (never its state), so a nominal one of the same task serves.
     """
     nominal = gym.make(task_info(robot.robot.task).env_id, **env_kwargs)
-    actor = SettlingActor(make_expert(robot.robot.task, nominal, seed=seed), settle_steps)
+    actor = probe_actor(robot.robot.task, nominal, probe, seed=seed)
     try:
         run_episodes(robot, actor, n_episodes, seed=seed)
     finally:
@@ -84,7 +84,7 @@ def run_real_episodes(cfg: SysIdConfig, log_path: Path) -> None:
     log_path.unlink(missing_ok=True)  # a rerun identifies from its own episodes only
     real = RealRobotEnv(proxy, episode_budget=cfg.episodes, log_path=log_path, policy_id=PROBE_ID)
     try:
-        run_probe_episodes(real, cfg.episodes, settle_steps=cfg.settle_steps, seed=cfg.seed * 100_003,
+        run_probe_episodes(real, cfg.episodes, probe=cfg.probe, seed=cfg.seed * 100_003,
                            env_kwargs=cfg.env_kwargs)
     finally:
         real.close()
@@ -179,7 +179,8 @@ class Sim2RealConfig:
     Iteration 0 deploys ``checkpoint``, trained in the nominal simulation (a residual checkpoint, or a BC checkpoint
     that the first retraining puts a residual head on), on the real proxy for ``episodes_per_iteration``
     episodes. After each deployment ``probe_episodes`` identification episodes run on the real proxy too (the
-    task's scripted expert acting on settled observations, as ``roboloop sysid`` runs them), and the simulation is
+    task's scripted expert acting on settled observations and dragging what it grasps, as ``roboloop sysid`` runs
+    them), and the simulation is
     identified from the latest ``identification_episodes`` of those. A task policy's own episodes identify badly:
     a jammed or half-inserted peg diverges chaotically between the replay and the log, and that divergence swamps
     the effect of the parameters. ``probe_episodes=0`` identifies from the deployed policy's episodes instead.
@@ -204,7 +205,7 @@ class Sim2RealConfig:
         episodes_per_iteration: Real episodes per deployment.
         real_budget: Real episodes in all (deployments and identification probes).
         probe_episodes: Identification episodes run after each deployment (0: identify from deployments).
-        settle_steps: The probes' expert acts every this many steps and holds still in between.
+        probe: How the probes act (the expert's settling, the drag after its grasp).
         hold_for_latency: Retrain and deploy with ``hold_steps`` = the identified action latency (see above).
         identification_episodes: Identify from at most this many of the latest probe (or real) episodes.
         target_success: Stop once a deployment's success reaches this.
@@ -221,7 +222,7 @@ class Sim2RealConfig:
     episodes_per_iteration: int = 20
     real_budget: int = 100
     probe_episodes: int = 5
-    settle_steps: int = 3
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     hold_for_latency: bool = True
     identification_episodes: int = 40
     target_success: float = 0.9
@@ -237,8 +238,8 @@ class Sim2RealConfig:
         if min(self.iterations, self.episodes_per_iteration, self.real_budget, self.identification_episodes) < 1:
             raise ConfigError("sim2real iterations, episodes_per_iteration, real_budget and identification_episodes "
                               "must be >= 1")
-        if self.probe_episodes < 0 or self.settle_steps < 1:
-            raise ConfigError("sim2real probe_episodes must be >= 0 and settle_steps >= 1")
+        if self.probe_episodes < 0:
+            raise ConfigError(f"sim2real probe_episodes must be >= 0, got {self.probe_episodes}")
         if not 0 < self.target_success <= 1:
             raise ConfigError(f"target_success must be in (0, 1], got {self.target_success}")
 
@@ -302,7 +303,7 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
                 robot = RealRobotEnv(RealProxy(task, secret_seed=cfg.secret_seed, env_kwargs=probe_kwargs),
                                      episode_budget=n, log_path=log_path, policy_id=PROBE_ID)
                 try:
-                    run_probe_episodes(robot, n, settle_steps=cfg.settle_steps,
+                    run_probe_episodes(robot, n, probe=cfg.probe,
                                        seed=cfg.seed * 1_000_003 + 1000 * it + 500, env_kwargs=probe_kwargs)
                 finally:
                     robot.close()

@@ -50,7 +50,8 @@ import numpy as np
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.datasets.store import Episode
 from roboloop.envs import task_info
-from roboloop.envs.base import PROPRIO_STRUCTURE, STATE_KEY, ManipulationEnv, hold_action
+from roboloop.envs.base import GRIP_INDEX, PROPRIO_STRUCTURE, STATE_KEY, ManipulationEnv, hold_action
+from roboloop.envs.experts import make_expert
 from roboloop.utils.io import write_json
 
 #: Observations a start pose is estimated from, and how far (m, or units of a quaternion) an object's observed pose
@@ -305,9 +306,13 @@ class EpisodeReplayer:
             out.append(states)
         return out
 
+    def episode_residuals(self, params: Mapping[str, Any]) -> list[np.ndarray]:
+        """Replayed minus logged per episode, each (T + 1, n_dims)."""
+        return [r - x for r, x in zip(self.replay(params), self.logged)]
+
     def residuals(self, params: Mapping[str, Any]) -> np.ndarray:
         """Replayed minus logged, all episodes concatenated: (sum of T + 1, n_dims)."""
-        return np.concatenate([r - x for r, x in zip(self.replay(params), self.logged)])
+        return np.concatenate(self.episode_residuals(params))
 
     def loss(self, params: Mapping[str, Any]) -> float:
         """Mean squared replay error."""
@@ -334,34 +339,39 @@ def _worker_loss(starts_and_params: tuple[list[dict[str, float]], Mapping[str, A
     return _WORKER_REPLAYER.loss(params)
 
 
-def _sandwich_stds(episode_losses: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: float,
+def _sandwich_stds(episode_residuals: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, h: float,
                    names: Sequence[str]) -> dict[str, float]:
     """Relative stds of the estimates: the sandwich covariance ``H^-1 V H^-1 / n_episodes`` in log scale.
 
-    ``H`` is the Hessian of the mean error (central and mixed finite differences, step ``h``); ``V`` the
-    covariance over episodes of each episode's gradient. Both are full matrices, so a valley (two scales that
-    trade off, such as mass and friction when only sliding is seen) widens both scales' stds. A scale with weight
-    on a direction of non-positive curvature gets an infinite std.
+    ``episode_residuals(x)`` gives each episode's replayed-minus-logged states. ``H`` is the Gauss-Newton Hessian of
+    the mean squared error, ``2 J^T J / n_values`` with the residuals' Jacobian ``J`` by central differences (step
+    ``h``); ``V`` the covariance over episodes of each episode's gradient, by the same differences. A Hessian of
+    finite differences of the error itself is not used: on contact-rich replays (a grasped peg dragged over the
+    table) its mixed terms came out indefinite, and one flat direction (the peg's mass) then made every scale's std
+    infinite. Gauss-Newton's is positive semi-definite, and the sandwich's ``V`` still counts an episode whose replay
+    jumps (a grasp turning out differently) as noise. ``H`` being a full matrix, two scales that trade off (gain and
+    damping) widen each other's stds. A scale with weight on a direction of (numerically) zero curvature gets an
+    infinite std.
     """
     n = len(x)
     steps = np.eye(n) * h
-    centre = episode_losses(x)
-    plus = [episode_losses(x + steps[i]) for i in range(n)]
-    minus = [episode_losses(x - steps[i]) for i in range(n)]
-    gradients = np.stack([(p - m) / (2 * h) for p, m in zip(plus, minus)], axis=1)  # (episodes, n)
-    hessian = np.empty((n, n))
+    centre = episode_residuals(x)
+    n_values = sum(r.size for r in centre)
+    jacobian_columns, gradients = [], []
     for i in range(n):
-        hessian[i, i] = float(np.mean(plus[i] + minus[i] - 2 * centre)) / h**2
-        for j in range(i):
-            both_up = episode_losses(x + steps[i] + steps[j])
-            both_down = episode_losses(x - steps[i] - steps[j])
-            hessian[i, j] = hessian[j, i] = float(np.mean(
-                both_up - plus[i] - plus[j] + 2 * centre - minus[i] - minus[j] + both_down)) / (2 * h**2)
+        plus, minus = episode_residuals(x + steps[i]), episode_residuals(x - steps[i])
+        jacobian_columns.append(np.concatenate([(p - m).ravel() for p, m in zip(plus, minus)]) / (2 * h))
+        # Each episode's loss is its squared error scaled so that the episodes' mean is the mean squared error.
+        gradients.append([(np.sum(p ** 2) - np.sum(m ** 2)) * len(centre) / n_values / (2 * h)
+                          for p, m in zip(plus, minus)])
+    jacobian = np.stack(jacobian_columns, axis=1)  # (n_values, n)
+    hessian = 2.0 * jacobian.T @ jacobian / n_values
+    gradients_by_episode = np.asarray(gradients).T  # (episodes, n)
     eigenvalues, eigenvectors = np.linalg.eigh(hessian)
     flat = eigenvalues <= 1e-9 * max(float(np.abs(eigenvalues).max()), 1e-300)
     inverse = (eigenvectors[:, ~flat] / eigenvalues[~flat]) @ eigenvectors[:, ~flat].T
-    covariance = inverse @ np.cov(gradients, rowvar=False).reshape(n, n) @ inverse / len(centre)
-    # A scale with weight on a flat (or concave) direction of the error is not pinned down by these episodes.
+    covariance = inverse @ np.cov(gradients_by_episode, rowvar=False).reshape(n, n) @ inverse / len(centre)
+    # A scale with weight on a flat direction of the error is not pinned down by these episodes.
     unpinned = (np.abs(eigenvectors[:, flat]) > 0.1).any(axis=1) if flat.any() else np.zeros(n, dtype=bool)
     return {name: math.inf if unpinned[j] else math.sqrt(max(float(covariance[j, j]), 0.0))
             for j, name in enumerate(names)}
@@ -478,10 +488,10 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
                     latency, best_loss = lat, loss
 
         # 3. Uncertainty: the sandwich covariance over episodes.
-        stds = _sandwich_stds(lambda x: replayer.episode_losses(params_of(x, latency)), best_x, cfg.fd_step,
+        stds = _sandwich_stds(lambda x: replayer.episode_residuals(params_of(x, latency)), best_x, cfg.fd_step,
                               names)
         n = len(names)
-        evaluations += 1 + 2 * n + n * (n - 1)
+        evaluations += 1 + 2 * n
         profile = _profile_zs(lambda x: replayer.episode_losses(params_of(x, latency)), best_x,
                               math.log1p(2 * cfg.max_relative_std), names)
         evaluations += 1 + 2 * n
@@ -534,3 +544,107 @@ class SettlingActor:
             action = hold_action(self._last)
         self._t += 1
         return action
+
+
+@dataclass
+class ProbeConfig:
+    """How identification episodes are acted on the robot (:func:`probe_actor`).
+
+    Attributes:
+        settle_steps: The scripted expert acts every this many control steps and holds still in between
+            (:class:`SettlingActor`).
+        drag_distance: After its first grasp, the object is pressed onto the table and dragged this far and back
+            (metres; 0: no drag, the expert alone). See :class:`DragProbe`.
+        drag_step: How far each control step of the drag moves, metres (slow enough that the drag is quasi-static).
+        press_depth: How far below the held object's resting height the gripper is commanded while dragging,
+            metres: with the position servos' stiffness this sets the normal force on the table.
+        close_steps: Control steps the grip must have been commanded closed before the drag starts.
+    """
+
+    settle_steps: int = 3
+    drag_distance: float = 0.03
+    drag_step: float = 0.005
+    press_depth: float = 0.004
+    close_steps: int = 6
+
+    def __post_init__(self) -> None:
+        if self.settle_steps < 1 or self.close_steps < 1:
+            raise ConfigError(f"probe settle_steps and close_steps must be >= 1, got {self.settle_steps}, "
+                              f"{self.close_steps}")
+        if self.drag_distance < 0 or self.drag_step <= 0 or self.press_depth < 0:
+            raise ConfigError(f"probe drag_distance and press_depth must be >= 0 and drag_step > 0, got "
+                              f"{self.drag_distance}, {self.drag_step}, {self.press_depth}")
+
+
+class DragProbe:
+    """Runs an actor, but after its first grasp presses the held object onto the table and drags it there and back.
+
+    Sliding friction hardly shows in pick-and-place episodes: a held object slides on nothing, so identification
+    from them cannot pin it down (on PegInsert the estimate came out 40-65% off while sysid rightly reported it
+    unidentifiable). Dragging a grasped object over the table with a set normal force makes the object's bottom
+    lag behind the hand by an amount that grows smoothly with friction (in simulation the peg's lag at the end of
+    a 3 cm drag moves about 1 mm per 10% of friction, against sensor noise of a few tenths of a millimetre). The
+    motion is scripted open loop from the observation at the grasp, so an action latency only delays it: nothing
+    closes a loop around it that a latency could destabilize. Afterwards the inner actor continues from where the
+    object was put back (a closed-loop expert does not mind the detour). An actor that never grasps (pushing tasks,
+    where friction already shows) runs unchanged.
+
+    The drag goes along x, toward the workspace centre, then back; it lowers the command by ``press_depth`` first
+    and raises it again after.
+
+    Args:
+        actor: Has ``reset(seed)`` and ``act(obs)`` (e.g. a :class:`SettlingActor` of a scripted expert).
+        max_delta_pos: The env's position increment of a full action (metres), to turn distances into actions.
+        cfg: The drag's distances and timing.
+    """
+
+    def __init__(self, actor: Any, max_delta_pos: float, cfg: ProbeConfig | None = None) -> None:
+        self.actor = actor
+        self.cfg = cfg or ProbeConfig()
+        if max_delta_pos <= 0 or self.cfg.drag_step > max_delta_pos:
+            raise ConfigError(f"probe drag_step {self.cfg.drag_step} must be in (0, max_delta_pos={max_delta_pos}]")
+        self.max_delta_pos = float(max_delta_pos)
+        self._script: list[np.ndarray] = []
+        self._closed_for = 0
+        self._dragged = False
+
+    def reset(self, seed: int | None = None) -> None:
+        self.actor.reset(seed)
+        self._script, self._closed_for, self._dragged = [], 0, False
+
+    def _moves(self, direction: float) -> list[np.ndarray]:
+        """The drag as (dx, dy, dz) increments per control step, metres."""
+        cfg = self.cfg
+        n = max(int(round(cfg.drag_distance / cfg.drag_step)), 1)
+        step = direction * cfg.drag_distance / n
+        still, out_, back = np.zeros(3), np.array([step, 0.0, 0.0]), np.array([-step, 0.0, 0.0])
+        press, lift = np.array([0.0, 0.0, -cfg.press_depth]), np.array([0.0, 0.0, cfg.press_depth])
+        # Pauses let the servos settle, so each stroke starts and ends at rest.
+        return [still, still, press, still, still, still, *[out_] * n, still, still, still, *[back] * n,
+                still, still, still, lift, still, still]
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self._script:
+            return self._script.pop(0)
+        action = np.asarray(self.actor.act(obs), dtype=np.float32)
+        if self._dragged or self.cfg.drag_distance == 0:
+            return action
+        self._closed_for = self._closed_for + 1 if action[GRIP_INDEX] > 0 else 0
+        if self._closed_for >= self.cfg.close_steps:
+            self._dragged = True
+            x = float(np.asarray(obs[STATE_KEY])[0])  # the gripper's x: drag toward the workspace centre
+            direction = -1.0 if x > 0 else 1.0
+            for move in self._moves(direction):
+                scripted = np.zeros_like(action)
+                scripted[:3] = move / self.max_delta_pos
+                scripted[GRIP_INDEX] = action[GRIP_INDEX]  # keep holding
+                self._script.append(scripted)
+        return action
+
+
+def probe_actor(task: str, env: Any, cfg: ProbeConfig | None = None, *, seed: int | None = None) -> DragProbe:
+    """The actor of identification episodes: ``task``'s scripted expert, settling (:class:`SettlingActor`) and
+    dragging what it grasps (:class:`DragProbe`). ``env`` is a nominal env of the task (read for geometry only)."""
+    cfg = cfg or ProbeConfig()
+    return DragProbe(SettlingActor(make_expert(task, env, seed=seed), cfg.settle_steps),
+                     float(env.unwrapped.max_delta_pos), cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +16,29 @@ from roboloop.envs import make
 from roboloop.envs.base import STATE_KEY
 from roboloop.envs.experts import make_expert
 from roboloop.sim2real.sysid import (
+    DragProbe,
     EpisodeReplayer,
     Identification,
     IdentificationConfig,
+    ProbeConfig,
     SettlingActor,
     _profile_zs,
     identify,
+    probe_actor,
 )
 
 TRUE = {"actuator_gain_scale": 0.8, "actuator_damping_scale": 1.25, "action_latency_steps": 1,
         "obs_noise_std": 3e-4}
 
 
-def logged_episodes(task: str, params: dict, n: int, steps: int, seed: int = 0) -> list[Episode]:
-    """Episodes of the settling expert on ``task`` simulated under ``params``: a stand-in for a real log."""
+def logged_episodes(task: str, params: dict, n: int, steps: int, seed: int = 0,
+                    probe: ProbeConfig | None = None) -> list[Episode]:
+    """Episodes of the settling expert on ``task`` simulated under ``params``: a stand-in for a real log. With
+    ``probe``, the identification probe (:func:`probe_actor`) acts instead."""
     env = make(task)
     sim = env.unwrapped
-    actor = SettlingActor(make_expert(task, env, seed=seed), settle_steps=3)
+    actor = (SettlingActor(make_expert(task, env, seed=seed), settle_steps=3) if probe is None
+             else probe_actor(task, env, probe, seed=seed))
     episodes = []
     for i in range(n):
         rng = np.random.default_rng(seed + i)
@@ -160,3 +167,63 @@ def test_the_settling_actor_acts_every_few_steps_and_holds_its_grip_in_between()
     np.testing.assert_array_equal(actions[:, 4], 1.0)
     with pytest.raises(ConfigError):
         SettlingActor(inner, settle_steps=0)
+
+
+class ClosesAfter:
+    """A stand-in actor: moves +x with the grip open for ``open_steps`` steps, then holds still, closed."""
+
+    def __init__(self, open_steps: int) -> None:
+        self.open_steps = open_steps
+
+    def reset(self, seed: int | None = None) -> None:
+        self.t = 0
+
+    def act(self, obs: dict) -> np.ndarray:
+        self.t += 1
+        if self.t <= self.open_steps:
+            return np.array([0.5, 0.0, 0.0, 0.0, -1.0], np.float32)
+        return np.array([0.0, 0.0, 0.0, 0.0, 1.0], np.float32)
+
+
+def test_the_drag_probe_drags_once_after_the_grasp_and_puts_the_object_back() -> None:
+    cfg = ProbeConfig(drag_distance=0.03, drag_step=0.005, press_depth=0.004, close_steps=3)
+    probe = DragProbe(ClosesAfter(open_steps=2), max_delta_pos=0.015, cfg=cfg)
+    state = np.zeros(30, np.float32)
+    state[0] = 0.1  # right of centre: the drag goes toward -x first
+    obs = {STATE_KEY: state}
+    for _ in range(2):
+        probe.reset()
+        actions = np.array([probe.act(obs) for _ in range(60)])
+        grip = actions[:, 4]
+        assert (grip[:2] == -1).all() and (grip[2:] == 1).all()  # the grip is held closed through the drag
+        script = actions[5:5 + 29]  # after the third closed command
+        moves = script[:, :3] * 0.015
+        assert moves[:, 0].min() == pytest.approx(-0.005) and moves[:, 0].max() == pytest.approx(0.005)
+        assert np.argmin(moves[:, 0]) < np.argmax(moves[:, 0])  # out toward the centre first, then back
+        assert moves[:, 0].sum() == pytest.approx(0.0, abs=1e-7) and moves[:, 2].sum() == pytest.approx(0.0)
+        assert moves[:, 2].min() == pytest.approx(-0.004)  # pressed onto the table first
+        assert moves[:, 2].argmin() < np.flatnonzero(moves[:, 0])[0]
+        np.testing.assert_array_equal(actions[5 + 29:], np.tile([0, 0, 0, 0, 1], (60 - 34, 1)))  # only once
+
+    never_grasps = DragProbe(ClosesAfter(open_steps=100), max_delta_pos=0.015, cfg=cfg)
+    never_grasps.reset()
+    assert all(never_grasps.act(obs)[0] == 0.5 for _ in range(50))
+    off = DragProbe(ClosesAfter(open_steps=0), max_delta_pos=0.015, cfg=replace(cfg, drag_distance=0.0))
+    off.reset()
+    assert all(off.act(obs)[0] == 0.0 for _ in range(20))
+    with pytest.raises(ConfigError):
+        DragProbe(ClosesAfter(0), max_delta_pos=0.004, cfg=cfg)  # a drag step beyond one action's reach
+    with pytest.raises(ConfigError):
+        ProbeConfig(drag_step=0.0)
+
+
+def test_dragging_the_grasped_peg_makes_friction_identifiable() -> None:
+    """Friction alone, from 3 short PegInsert probes under 1.3x friction; the drag (from about step 60) is what
+    shows it: held pegs do not slide."""
+    true = {"friction_scale": 1.3, "action_latency_steps": 0, "obs_noise_std": 2e-4}
+    episodes = logged_episodes("PegInsert", true, n=3, steps=100, probe=ProbeConfig())
+    cfg = IdentificationConfig(parameters=["friction_scale"], popsize=6, max_evaluations=36, rounds=1,
+                               max_latency_steps=0, min_steps=100)
+    ident = identify("PegInsert", episodes, cfg)
+    assert ident.estimates["friction_scale"] == pytest.approx(1.3, rel=0.1)
+    assert ident.identifiable["friction_scale"], (ident.relative_stds, ident.profile_zs)
