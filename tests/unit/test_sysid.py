@@ -23,6 +23,7 @@ from roboloop.sim2real.sysid import (
     ProbeConfig,
     SettlingActor,
     _profile_zs,
+    free_motion_prefixes,
     identify,
     probe_actor,
 )
@@ -227,3 +228,18 @@ def test_dragging_the_grasped_peg_makes_friction_identifiable() -> None:
     ident = identify("PegInsert", episodes, cfg)
     assert ident.estimates["friction_scale"] == pytest.approx(1.3, rel=0.1)
     assert ident.identifiable["friction_scale"], (ident.relative_stds, ident.profile_zs)
+
+
+def test_free_motion_prefixes_end_at_the_first_closing_grip_command() -> None:
+    def episode(grips: list[float]) -> Episode:
+        T = len(grips)
+        actions = np.zeros((T, 5), np.float32)
+        actions[:, 4] = grips
+        return Episode({STATE_KEY: np.arange(T + 1, dtype=np.float32)[:, None]}, actions, np.zeros(T),
+                       np.zeros(T, bool), np.zeros(T, bool))
+
+    prefixes = free_motion_prefixes([episode([-1, -1, 1, -1]), episode([-1, -1]), episode([1, 1])])
+    assert [len(p) for p in prefixes] == [2, 2]  # closes at step 2; never closes; closes at once (dropped)
+    np.testing.assert_array_equal(prefixes[0].observations[STATE_KEY][:, 0], [0, 1, 2])
+    for p in prefixes:
+        p.validate()
