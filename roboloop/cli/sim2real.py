@@ -180,10 +180,10 @@ class Sim2RealConfig:
     that the first retraining puts a residual head on), on the real proxy for ``episodes_per_iteration``
     episodes. After each deployment ``probe_episodes`` identification episodes run on the real proxy too (the
     task's scripted expert acting on settled observations and dragging what it grasps, as ``roboloop sysid`` runs
-    them), and the simulation is
-    identified from the latest ``identification_episodes`` of those. A task policy's own episodes identify badly:
-    a jammed or half-inserted peg diverges chaotically between the replay and the log, and that divergence swamps
-    the effect of the parameters. ``probe_episodes=0`` identifies from the deployed policy's episodes instead.
+    them), and the simulation is identified from the latest ``identification_episodes`` of those. A task policy's
+    own episodes identify badly: a jammed or half-inserted peg diverges chaotically between the replay and the log,
+    and that divergence swamps the effect of the parameters. ``probe_episodes=0`` identifies from the deployed
+    policy's episodes instead.
     Each iteration then trains the residual further in the identified simulation with randomization around it
     (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are
     set per iteration) and deploys the result. With ``hold_for_latency`` (the default) that retraining and the
