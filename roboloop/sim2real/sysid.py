@@ -609,14 +609,16 @@ class ProbeConfig:
             (metres; 0: no drag, the expert alone). See :class:`DragProbe`.
         drag_step: How far each control step of the drag moves, metres (slow enough that the drag is quasi-static).
         press_depth: How far below the held object's resting height the gripper is commanded while dragging,
-            metres: with the position servos' stiffness this sets the normal force on the table.
+            metres: with the position servos' stiffness this sets the normal force on the table. At 4 mm a low
+            friction (0.66 of nominal) moved the dragged peg too little to pass the profile check; 8 mm triples
+            that.
         close_steps: Control steps the grip must have been commanded closed before the drag starts.
     """
 
     settle_steps: int = 3
     drag_distance: float = 0.03
     drag_step: float = 0.005
-    press_depth: float = 0.004
+    press_depth: float = 0.008
     close_steps: int = 6
 
     def __post_init__(self) -> None:
@@ -635,7 +637,7 @@ class DragProbe:
     from them cannot pin it down (on PegInsert the estimate came out 40-65% off while sysid rightly reported it
     unidentifiable). Dragging a grasped object over the table with a set normal force makes the object's bottom
     lag behind the hand by an amount that grows smoothly with friction (in simulation the peg's lag at the end of
-    a 3 cm drag moves about 1 mm per 10% of friction, against sensor noise of a few tenths of a millimetre). The
+    a 3 cm drag moves 1-3 mm per 10% of friction, against sensor noise of a few tenths of a millimetre). The
     motion is scripted open loop from the observation at the grasp, so an action latency only delays it: nothing
     closes a loop around it that a latency could destabilize. Afterwards the inner actor continues from where the
     object was put back (a closed-loop expert does not mind the detour). An actor that never grasps (pushing tasks,
