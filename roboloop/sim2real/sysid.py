@@ -439,6 +439,25 @@ def _with(x: np.ndarray, dims: Sequence[int], values: Sequence[float]) -> np.nda
     return out
 
 
+def _search(losses: Callable[[Sequence[np.ndarray]], list[float]], best_x: np.ndarray, best_loss: float,
+            dims: Sequence[int], sigma: float, bounds: tuple[float, float], cfg: IdentificationConfig, seed: int,
+            on_generation: Callable[[float], None] | None = None) -> tuple[np.ndarray, float]:
+    """Search entries ``dims`` of ``best_x`` (the others held) by :func:`_generations`; returns the best point and
+    its loss (``best_loss`` is the loss of ``best_x`` given). ``on_generation(best loss)`` runs after each."""
+    search = _generations(best_x[list(dims)], sigma, bounds, cfg, seed)
+    xs = next(search)
+    while xs is not None:
+        candidates = [_with(best_x, dims, x) for x in xs]
+        fs = losses(candidates)
+        i = int(np.argmin(fs))
+        if fs[i] < best_loss:
+            best_x, best_loss = candidates[i], float(fs[i])
+        if on_generation is not None:
+            on_generation(best_loss)
+        xs = search.send(fs)
+    return best_x, best_loss
+
+
 def free_motion_prefixes(episodes: Sequence[Episode]) -> list[Episode]:
     """Each episode up to its first closing grip command (all of it when it never closes; none when it closes at
     once): the steps where the gripper moves through free space, so that only the actuator scales (and the
@@ -502,37 +521,33 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
         staged = bool(actuator and contact and sum(len(ep) for ep in prefixes) >= cfg.min_steps)
         if staged:
             free = EpisodeReplayer(task, prefixes, env_kwargs)
-            free.refine_gripper_starts(params_of(best_x, latency))
-            best_loss = free.loss(params_of(best_x, latency))
-            search = _generations(best_x[actuator], cfg.sigma0, (low, high), cfg, cfg.seed)
-            xs = next(search)
-            while xs is not None:
-                candidates = [_with(best_x, actuator, x) for x in xs]
-                fs = [free.loss(params_of(x, latency)) for x in candidates]
-                evaluations += len(fs)
-                i = int(np.argmin(fs))
-                if fs[i] < best_loss:
-                    best_x, best_loss = candidates[i], float(fs[i])
-                xs = search.send(fs)
+
+            def free_losses(candidates: Sequence[np.ndarray]) -> list[float]:
+                nonlocal evaluations
+                evaluations += len(candidates)
+                return [free.loss(params_of(x, latency)) for x in candidates]
+
+            # In rounds, as below: with the starts refined under nominal gains only, the gains came out 3-7% off.
+            for round_ in range(cfg.rounds):
+                free.refine_gripper_starts(params_of(best_x, latency))
+                best_x, _ = _search(free_losses, best_x, free_losses([best_x])[0], actuator, cfg.sigma0 / 2**round_,
+                                    (low, high), cfg, cfg.seed + 1 + round_)
         # Then in rounds over whole episodes: each round refines the gripper's start poses under the current
         # estimate (their early-replay offset depends a little on the gains) and searches again, closer.
         dims = contact if staged else list(range(len(names)))
+
+        def whole_losses(candidates: Sequence[np.ndarray]) -> list[float]:
+            return losses([params_of(x, latency) for x in candidates])
+
+        def on_generation(best: float) -> None:
+            history.append(best)
+            if progress is not None:
+                progress(evaluations, best)
+
         for round_ in range(cfg.rounds):
             replayer.refine_gripper_starts(params_of(best_x, latency))
-            evaluations += 1
-            best_loss = losses([params_of(best_x, latency)])[0]
-            search = _generations(best_x[dims], cfg.sigma0 / 2**round_, (low, high), cfg, cfg.seed + 1 + round_)
-            xs = next(search)
-            while xs is not None:
-                candidates = [_with(best_x, dims, x) for x in xs]
-                fs = losses([params_of(x, latency) for x in candidates])
-                i = int(np.argmin(fs))
-                if fs[i] < best_loss:
-                    best_x, best_loss = candidates[i], float(fs[i])
-                history.append(best_loss)
-                if progress is not None:
-                    progress(evaluations, best_loss)
-                xs = search.send(fs)
+            best_x, best_loss = _search(whole_losses, best_x, whole_losses([best_x])[0], dims, cfg.sigma0 / 2**round_,
+                                        (low, high), cfg, cfg.seed + 1 + round_, on_generation)
             # The neighbouring latencies again, under the estimated physics.
             neighbours = [lat for lat in (latency - 1, latency + 1) if 0 <= lat <= cfg.max_latency_steps]
             for lat, loss in zip(neighbours, losses([params_of(best_x, lat) for lat in neighbours])):
@@ -609,16 +624,15 @@ class ProbeConfig:
             (metres; 0: no drag, the expert alone). See :class:`DragProbe`.
         drag_step: How far each control step of the drag moves, metres (slow enough that the drag is quasi-static).
         press_depth: How far below the held object's resting height the gripper is commanded while dragging,
-            metres: with the position servos' stiffness this sets the normal force on the table. At 4 mm a low
-            friction (0.66 of nominal) moved the dragged peg too little to pass the profile check; 8 mm triples
-            that.
+            metres: with the position servos' stiffness this sets the normal force on the table. (8 mm made a low
+            friction, 0.66 of nominal, three times as visible, but the contact-rich drag then misled the mass.)
         close_steps: Control steps the grip must have been commanded closed before the drag starts.
     """
 
     settle_steps: int = 3
     drag_distance: float = 0.03
     drag_step: float = 0.005
-    press_depth: float = 0.008
+    press_depth: float = 0.004
     close_steps: int = 6
 
     def __post_init__(self) -> None:
@@ -637,7 +651,7 @@ class DragProbe:
     from them cannot pin it down (on PegInsert the estimate came out 40-65% off while sysid rightly reported it
     unidentifiable). Dragging a grasped object over the table with a set normal force makes the object's bottom
     lag behind the hand by an amount that grows smoothly with friction (in simulation the peg's lag at the end of
-    a 3 cm drag moves 1-3 mm per 10% of friction, against sensor noise of a few tenths of a millimetre). The
+    a 3 cm drag moves 0.5-1.5 mm per 10% of friction, against sensor noise of a few tenths of a millimetre). The
     motion is scripted open loop from the observation at the grasp, so an action latency only delays it: nothing
     closes a loop around it that a latency could destabilize. Afterwards the inner actor continues from where the
     object was put back (a closed-loop expert does not mind the detour). An actor that never grasps (pushing tasks,
