@@ -27,7 +27,8 @@ from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, ProbeConfig, identify, probe_actor
 from roboloop.utils.io import atomic_path, prepare_run_dir, write_json
 
-#: The policy id of identification episodes (the settling scripted expert) in a real-episode log.
+#: The policy id of identification episodes (``probe_actor``: the settling expert, dragging what it grasps) in a
+#: real-episode log.
 PROBE_ID = "sysid-probe"
 
 

@@ -67,6 +67,12 @@ IDENTIFIABLE = ("actuator_gain_scale", "actuator_damping_scale", "object_mass_sc
 ACTUATOR_SCALES = ("actuator_gain_scale", "actuator_damping_scale")
 
 
+def closes_grip(actions: np.ndarray) -> np.ndarray:
+    """Whether each action (..., action_dim) commands the grip closed: where free motion ends and a grasp begins
+    (for the probes' drag and for the free-motion prefixes alike)."""
+    return np.asarray(actions)[..., GRIP_INDEX] > 0
+
+
 @dataclass
 class IdentificationConfig:
     """How :func:`identify` searches and how sure it must be.
@@ -464,7 +470,7 @@ def free_motion_prefixes(episodes: Sequence[Episode]) -> list[Episode]:
     latency) shape the replay."""
     out = []
     for ep in episodes:
-        closing = np.flatnonzero(np.asarray(ep.actions)[:, GRIP_INDEX] > 0)
+        closing = np.flatnonzero(closes_grip(ep.actions))
         k = int(closing[0]) if closing.size else len(ep.actions)
         if k > 0:
             out.append(Episode({key: v[: k + 1] for key, v in ep.observations.items()}, ep.actions[:k],
@@ -697,7 +703,7 @@ class DragProbe:
         action = np.asarray(self.actor.act(obs), dtype=np.float32)
         if self._dragged or self.cfg.drag_distance == 0:
             return action
-        self._closed_for = self._closed_for + 1 if action[GRIP_INDEX] > 0 else 0
+        self._closed_for = self._closed_for + 1 if closes_grip(action) else 0
         if self._closed_for >= self.cfg.close_steps:
             self._dragged = True
             x = float(np.asarray(obs[STATE_KEY])[0])  # the gripper's x: drag toward the workspace centre
