@@ -19,11 +19,12 @@ Envs (``--env``):
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
   480k env steps (``--steps``; the recipe's 3M-step run evaluated 68% at 480k), 100 evaluation episodes. Ours steps
   the 32 envs as ``train-residual`` does, in two groups of 16 (two ``ResidualVecEnv`` around one policy,
-  ``env_groups=2``): one group's physics runs on its wrapper's worker thread while the other group's base and
-  head compute. SB3's ``VecEnv`` API steps all envs at once (``step_async`` then at once ``step_wait``), so it
-  gets one ``ResidualVecEnv`` of 32: the same envs, base, head and seeds; the overlap is what our rollout loop
-  adds. Both run with torch on one CPU thread (``--threads``), as ``train-residual`` runs with env groups: the
-  second core belongs to the physics thread. With the default ``ResidualConfig`` (scale 0.1, log std -1, no
+  ``env_groups=2``): each group's step (physics, resets, the base's planning) runs on its wrapper's thread, so
+  the two groups step at once while the head and critic compute. SB3's ``VecEnv`` API steps all envs at once
+  (``step_async`` then at once ``step_wait``), so it gets one ``ResidualVecEnv`` of 32: the same envs, base,
+  head and seeds; the overlap is what our rollout loop adds. Both run with torch on one CPU thread per thread
+  (``--threads``), as ``train-residual`` runs with env groups (SB3 with 2 torch threads measured slower: 550
+  against 570 env steps/s over 3 iterations). With the default ``ResidualConfig`` (scale 0.1, log std -1, no
   shaping) and 16 envs this measured 1.115x, and neither algorithm learned in 100k steps (8% and 10% against the
   base's 20%). ``--base`` defaults to ``bc_success.py``'s PegInsert_diffusion output.
 * ``pendulum``: gymnasium ``Pendulum-v1``, a self-contained sanity case needing no checkpoint: 4 envs, n_steps

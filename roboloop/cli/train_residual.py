@@ -70,10 +70,10 @@ class TrainResidualConfig:
             a dense objective of its own (see ``ResidualVecEnv``).
         reward_shaping_floor: Clip each shaped term below at minus this (None: unclipped), so only states near
             the goal are told apart.
-        env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: one group's physics runs
-            (on the wrapper's worker thread, MuJoCo releasing the GIL) while the base and head of the next group
-            compute; torch then runs on one CPU thread, leaving the other core to physics (PegInsert, 16 envs, 2
-            cores: 673 env steps/s with 1 group, 870 with 2). 1 steps every env at once.
+        env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: each group's step (physics
+            and the base's planning) runs on its wrapper's thread while the other groups step and the head
+            computes; torch then runs on one CPU thread per thread, so the groups share the cores. 1 steps every
+            env at once.
         out_dir: Output directory (``{task}`` and ``{mode}`` are filled in).
         eval: How the base and the residual are evaluated (episodes, seeds, parallel envs).
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.
@@ -142,7 +142,7 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
     _check_same_residual(out_dir / "checkpoints" / "last", residual)
     group_size = cfg.n_envs // cfg.env_groups
     if cfg.env_groups > 1 and device.type == "cpu":
-        torch.set_num_threads(1)  # a second torch thread would compete with the physics thread for the cores
+        torch.set_num_threads(1)  # the groups' threads already keep the cores busy; more would oversubscribe
     try:
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual,
                                shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma,

@@ -80,6 +80,12 @@ class ActorOutput(NamedTuple):
     log_prob: Tensor  # (B,)
 
 
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``x`` from ``generator`` (None: the global torch RNG, the same draw as
+    ``torch.randn_like``), which ``torch.randn_like`` cannot take."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
 class Policy(nn.Module, abc.ABC):
     """Base class: subclasses set ``name`` and ``config_cls`` and implement ``act`` and ``compute_loss``."""
 
@@ -110,8 +116,12 @@ class Policy(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------------------ the contract
     @abc.abstractmethod
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
-        """obs: raw units, ``{key: (B, To, *shape)}``. Returns raw actions (B, Ta, Da). Never mutates obs."""
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        """obs: raw units, ``{key: (B, To, *shape)}``. Returns raw actions (B, Ta, Da). Never mutates obs.
+
+        ``generator`` is the random stream of a policy that samples (a diffusion policy's noise, ACT's latent, a
+        Gaussian head's draw); None: the global torch RNG. A caller that plans on another thread passes its own,
+        so that what it draws does not depend on how the threads interleave."""
 
     @abc.abstractmethod
     def compute_loss(self, batch: Batch) -> LossOutput:
@@ -198,7 +208,8 @@ class Actor(Protocol):
     over flat observation vectors (a residual head, or a policy on a plain vector env); ``StochasticPolicy``
     provides the same three methods over raw observation dicts."""
 
-    def sample(self, obs: Any, *, deterministic: bool = False) -> ActorOutput: ...
+    def sample(self, obs: Any, *, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> ActorOutput: ...
 
     def evaluate(self, actor_obs: Tensor, actor_action: Tensor) -> tuple[Tensor, Tensor]: ...
 
@@ -209,7 +220,9 @@ class StochasticPolicy(Policy):
     """What RL needs on top of ``Policy`` (PPO, SAC/RLPD and Cal-QL train anything implementing it)."""
 
     @abc.abstractmethod
-    def sample(self, obs: Batch, *, deterministic: bool = False) -> ActorOutput: ...
+    def sample(self, obs: Batch, *, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> ActorOutput:
+        """Actions for raw obs, drawn from ``generator`` (None: the global torch RNG) unless ``deterministic``."""
 
     @abc.abstractmethod
     def evaluate(self, actor_obs: Tensor, actor_action: Tensor) -> tuple[Tensor, Tensor]:

@@ -119,7 +119,8 @@ class ChunkExecutor:
         self._last_action[ids] = 0.0
         self.policy.reset(None if env_ids is None else torch.as_tensor(ids, dtype=torch.long))
 
-    def act(self, obs: Mapping[str, np.ndarray], active: np.ndarray | None = None) -> np.ndarray:
+    def act(self, obs: Mapping[str, np.ndarray], active: np.ndarray | None = None, *,
+            generator: torch.Generator | None = None) -> np.ndarray:
         """One action per sub-env for the current step.
 
         Args:
@@ -127,6 +128,7 @@ class ChunkExecutor:
                 uint8). Keys the policy does not read are ignored.
             active: ``(n_envs,)`` bool; inactive sub-envs (finished or idle) are skipped: their history and
                 queue stay as they are, the policy is not queried for them and their action is zero.
+            generator: What the policy samples from (``Policy.act``); None: the global torch RNG.
 
         Returns:
             ``(n_envs, Da)`` float32 actions in raw units.
@@ -137,11 +139,11 @@ class ChunkExecutor:
             return actions
         self._append(obs, active_ids)
         if self.temporal_ensemble_coeff is not None:
-            actions[active_ids] = self._ensembled(active_ids)
+            actions[active_ids] = self._ensembled(active_ids, generator)
             return actions
         empty = active_ids[self._n_queued[active_ids] == 0]
         if empty.size:
-            chunk = self._query(empty)
+            chunk = self._query(empty, generator)
             self._queue[empty] = chunk[:, : self.n_action_steps]
             self._n_queued[empty] = self.n_action_steps
         actions[active_ids] = self._queue[active_ids, self.n_action_steps - self._n_queued[active_ids]]
@@ -153,7 +155,7 @@ class ChunkExecutor:
                 self.sees_previous_action) else None
             with torch.no_grad():
                 corrected = self.policy.correct(batch, base_action, previous_action=previous,  # type: ignore[attr-defined]
-                                                deterministic=self.deterministic)
+                                                deterministic=self.deterministic, generator=generator)
             actions[active_ids] = corrected.detach().to("cpu", torch.float32).numpy()
             self._last_action[active_ids] = actions[active_ids]
         return actions
@@ -218,13 +220,15 @@ class ChunkExecutor:
             history[ids[fresh]] = value[fresh][:, None]  # broadcast over To
         self._fresh[ids] = False
 
-    def _query(self, ids: np.ndarray) -> np.ndarray:
+    def _query(self, ids: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
         """Run the policy on envs ``ids`` (one batch): returns their chunks, (len(ids), Ta, Da) float32."""
         batch = {k: torch.from_numpy(self._history[k][ids]).to(self.device) for k in self._keys}
         with torch.no_grad():
             # A per-step residual's base plans deterministically; the residual's exploration is the head's.
             deterministic = True if self.corrects_each_step else self.deterministic
-            chunk = self.chunk_policy.act(batch, deterministic=deterministic)
+            # Only given when there is one: a policy written before ``act`` took a generator still evaluates.
+            sampling = {} if generator is None else {"generator": generator}
+            chunk = self.chunk_policy.act(batch, deterministic=deterministic, **sampling)
         self.n_queries += 1
         expected = (len(ids), self.chunk_size, self.action_dim)
         if tuple(chunk.shape) != expected:
@@ -232,10 +236,10 @@ class ChunkExecutor:
                              f"{expected} (B, n_action_steps, action_dim)")
         return chunk.detach().to("cpu", torch.float32).numpy()
 
-    def _ensembled(self, ids: np.ndarray) -> np.ndarray:
+    def _ensembled(self, ids: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
         """Temporal ensembling for envs ``ids``: (len(ids), Da), the weighted mean of every chunk's prediction
         for the current step."""
-        chunk = self._query(ids)
+        chunk = self._query(ids, generator)
         # Age every stored chunk by one step, then store the new one at age 0.
         self._ensemble[ids, 1:] = self._ensemble[ids, :-1]
         self._ensemble_valid[ids, 1:] = self._ensemble_valid[ids, :-1]

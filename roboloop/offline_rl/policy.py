@@ -88,8 +88,9 @@ class RLActorPolicy(StochasticPolicy):
     def flat(self, obs: Batch) -> Tensor:
         return flat_observation(obs, self.obs_keys, self.device)
 
-    def sample(self, obs: Batch, *, deterministic: bool = False) -> ActorOutput:
-        return self.actor.sample(self.flat(obs), deterministic=deterministic)
+    def sample(self, obs: Batch, *, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> ActorOutput:
+        return self.actor.sample(self.flat(obs), deterministic=deterministic, generator=generator)
 
     def evaluate(self, actor_obs: Tensor, actor_action: Tensor) -> tuple[Tensor, Tensor]:
         return self.actor.evaluate(actor_obs, actor_action)
@@ -98,8 +99,8 @@ class RLActorPolicy(StochasticPolicy):
         yield from self.actor.trainable_parameters()
 
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
-        action = self.sample(obs, deterministic=deterministic).env_action
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        action = self.sample(obs, deterministic=deterministic, generator=generator).env_action
         low, high = self._action_low.to(action.device), self._action_high.to(action.device)
         return torch.maximum(torch.minimum(action, high), low)[:, None]  # (B, 1, Da)
 
@@ -181,8 +182,8 @@ class SteeredPolicy(Policy):
         return self.critic(state, candidates[:, :, 0].reshape(B * n, -1)).min(dim=0).values.view(B, n)
 
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
-        candidates = self.base.sample_actions(obs, self.config.n_samples)  # (B, n, Ta, Da)
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        candidates = self.base.sample_actions(obs, self.config.n_samples, generator)  # (B, n, Ta, Da)
         if self.config.n_samples == 1:
             return candidates[:, 0]
         best = self.scores(obs, candidates).argmax(dim=1)

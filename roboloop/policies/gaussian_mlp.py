@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from roboloop.core.errors import ConfigError, InputError
-from roboloop.core.policy import ActorOutput
+from roboloop.core.policy import ActorOutput, randn_like
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -127,11 +127,13 @@ class GaussianMLP(nn.Module):
         return Normal(mean, log_std.exp(), validate_args=False)
 
     @torch.no_grad()
-    def sample(self, obs: Tensor, *, deterministic: bool = False) -> ActorOutput:
+    def sample(self, obs: Tensor, *, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> ActorOutput:
         """obs (B, obs_dim) -> ``ActorOutput`` with env_action = actor_action (B, Da), actor_obs = obs
-        (B, obs_dim) and log_prob (B,). ``deterministic`` returns the mean (with its log-probability)."""
+        (B, obs_dim) and log_prob (B,). ``deterministic`` returns the mean (with its log-probability); otherwise
+        the draw comes from ``generator`` (None: the global torch RNG)."""
         dist = self.distribution(obs)
-        action = dist.mean if deterministic else dist.sample()
+        action = dist.mean if deterministic else dist.mean + dist.stddev * randn_like(dist.mean, generator)
         return ActorOutput(env_action=action, actor_obs=obs, actor_action=action,
                            log_prob=dist.log_prob(action).sum(-1))
 

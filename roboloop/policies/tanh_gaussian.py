@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from roboloop.core.errors import ConfigError, InputError
-from roboloop.core.policy import ActorOutput
+from roboloop.core.policy import ActorOutput, randn_like
 from roboloop.policies.gaussian_mlp import check_flat, hidden_layers
 
 _LOG_2 = math.log(2.0)
@@ -74,10 +74,11 @@ class TanhGaussianMLP(nn.Module):
         log_prob = (gaussian - log_det - torch.log(self.action_half_range)).sum(-1)
         return self.action_center + self.action_half_range * torch.tanh(u), log_prob
 
-    def rsample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """A reparameterized sample for obs (B, obs_dim): (action (B, Da), log_prob (B,)), both differentiable."""
+    def rsample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """A reparameterized sample for obs (B, obs_dim): (action (B, Da), log_prob (B,)), both differentiable;
+        the noise comes from ``generator`` (None: the global torch RNG)."""
         mean, log_std = self(obs)
-        u = mean + log_std.exp() * torch.randn_like(mean)
+        u = mean + log_std.exp() * randn_like(mean, generator)
         return self._squash(u, mean, log_std)
 
     def mode(self, obs: Tensor) -> Tensor:
@@ -86,13 +87,14 @@ class TanhGaussianMLP(nn.Module):
         return self.action_center + self.action_half_range * torch.tanh(mean)
 
     @torch.no_grad()
-    def sample(self, obs: Tensor, *, deterministic: bool = False) -> ActorOutput:
+    def sample(self, obs: Tensor, *, deterministic: bool = False,
+               generator: torch.Generator | None = None) -> ActorOutput:
         """``Actor.sample``: env_action = actor_action (B, Da) in the bounds, actor_obs = obs, log_prob (B,)."""
         if deterministic:
             action = self.mode(obs)
             log_prob, _ = self.evaluate(obs, action)
         else:
-            action, log_prob = self.rsample(obs)
+            action, log_prob = self.rsample(obs, generator)
         return ActorOutput(env_action=action, actor_obs=obs, actor_action=action, log_prob=log_prob)
 
     def evaluate(self, actor_obs: Tensor, actor_action: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,12 +16,16 @@ stable-baselines3's see nothing but a vector of floats in and out.
   sub-env whose episode ends inside the chunk is reset at once and runs its base alone for the rest of the chunk
   (the head's next decision for it is at the next chunk boundary).
 
-``step_async`` / ``step_wait`` split a step as gymnasium's ``AsyncVectorEnv`` does: in ``step`` mode the inner
-env's physics runs on a worker thread (MuJoCo releases the GIL while it integrates; ~87% of a PegInsert step),
-or in the inner env's own worker processes when it is an ``AsyncVectorEnv``, while the caller computes something
-else, e.g. the actions of another group of envs (``PPO`` with several env groups); the base's planning for the
-stepped envs happens in ``step_wait``, on the caller's thread. ``chunk`` mode runs the whole chunk in
-``step_wait``.
+``step_async`` / ``step_wait`` split a step as gymnasium's ``AsyncVectorEnv`` does: the whole step (the inner
+env's physics, resets and the base's planning for the stepped envs) runs on the wrapper's worker thread while the
+caller computes something else, e.g. the actions of another group of envs (``PPO`` with several env groups, each
+group's wrapper on its own thread). MuJoCo releases the GIL while it integrates (~90% of a PegInsert step) and
+torch while its kernels run, so two groups keep both cores busy. When the inner env is an ``AsyncVectorEnv`` its
+worker processes run the physics instead and the base plans in ``step_wait``, on the caller's thread.
+
+The base samples (a diffusion base's noise) from the wrapper's own ``torch.Generator``, reseeded at the start of
+every ``reset``/``step``/``step_async`` from the global torch RNG on the caller's thread: a seeded caller gets the
+same episodes whichever thread plans and however threads interleave, and ``step`` and ``step_async`` agree.
 
 ``shaping > 0`` adds potential-based shaping (Ng et al., 1999) to the task's reward: ``F = gamma * Phi(s') -
 Phi(s)`` with ``Phi = shaping * sum of the env's shaped terms`` (``info["reward_*"]``: reach, align, insert on
@@ -67,6 +71,12 @@ def env_info(infos: dict[str, Any], i: int) -> dict[str, Any]:
             item = value[i]
             out[key] = item.item() if isinstance(item, np.generic) else item
     return out
+
+
+def generator_from_global_rng(device: torch.device | str) -> torch.Generator:
+    """A new generator on ``device`` seeded with one draw from the global torch RNG: the stream a
+    ``ResidualVecEnv`` step plans from (a seeded caller reproduces it)."""
+    return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (), dtype=torch.int64)))
 
 
 class ResidualVecEnv(VectorEnv):
@@ -123,7 +133,8 @@ class ResidualVecEnv(VectorEnv):
         self._previous_action = np.zeros((self.num_envs, spec.action_dim), dtype=np.float32)
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
-        self._physics: ThreadPoolExecutor | None = None  # the worker thread of step_async, made on first use
+        self._generator = generator_from_global_rng(policy.device)  # the base's noise, renewed every step
+        self._worker: ThreadPoolExecutor | None = None  # the thread of step_async, made on first use
         self._finish: Callable[[], tuple[Any, ...]] | None = None  # completes the step step_async started
         if shaping < 0 or not 0 < gamma <= 1:
             raise ConfigError(f"shaping must be >= 0 and gamma in (0, 1], got {shaping}, {gamma}")
@@ -142,6 +153,7 @@ class ResidualVecEnv(VectorEnv):
     # ------------------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | list[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        self._reseed()
         obs, infos = self.envs.reset(seed=seed, options=options)
         self._check(obs, None, np.arange(self.num_envs))
         if self._potential_based:
@@ -156,6 +168,7 @@ class ResidualVecEnv(VectorEnv):
         return self._head_obs(ids), infos
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self._reseed()
         if self.mode == "step":
             return self._finish_step(self.envs.step(self._env_actions(actions)))
         return self._step_chunk(self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1))
@@ -164,19 +177,23 @@ class ResidualVecEnv(VectorEnv):
         """Start a step with head actions ``actions``; ``step_wait`` returns what ``step`` would have."""
         if self._finish is not None:
             raise InputError("step_async called again before step_wait")
-        if self.mode == "chunk":  # a chunk interleaves physics and base planning: it all runs in step_wait
+        self._reseed()
+        if self.mode == "step":
+            env_actions = self._env_actions(actions)
+            if isinstance(self.envs, AsyncVectorEnv):  # worker processes step the physics
+                self.envs.step_async(env_actions)
+                self._finish = lambda: self._finish_step(self.envs.step_wait())
+                return
+            work: Callable[[], tuple[Any, ...]] = lambda: self._finish_step(self.envs.step(env_actions))  # noqa: E731
+        else:  # a chunk interleaves physics and base planning
             delta = self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1)
-            self._finish = lambda: self._step_chunk(delta)
-            return
-        env_actions = self._env_actions(actions)
-        if isinstance(self.envs, AsyncVectorEnv):  # worker processes: no GIL shared with the caller
-            self.envs.step_async(env_actions)
-            self._finish = lambda: self._finish_step(self.envs.step_wait())
-            return
-        if self._physics is None:
-            self._physics = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-physics")
-        physics = self._physics.submit(self.envs.step, env_actions)
-        self._finish = lambda: self._finish_step(physics.result())
+            work = lambda: self._step_chunk(delta)  # noqa: E731
+        if self._worker is None:
+            # torch.set_num_threads binds only the thread that calls it (OpenMP's per-thread setting): a new thread
+            # would run the base's kernels on every core and oversubscribe the ones the other groups use.
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-step",
+                                              initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+        self._finish = self._worker.submit(work).result
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         finish, self._finish = self._finish, None
@@ -185,11 +202,15 @@ class ResidualVecEnv(VectorEnv):
         return finish()
 
     def close_extras(self, **kwargs: Any) -> None:
-        if self._physics is not None:
-            self._physics.shutdown(wait=True)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
         self.envs.close()
 
     # ------------------------------------------------------------------------------ internals
+    def _reseed(self) -> None:
+        """The base's generator for the coming reset or step, from the global torch RNG (caller's thread)."""
+        self._generator = generator_from_global_rng(self.policy.device)
+
     def _checked_delta(self, actions: np.ndarray) -> np.ndarray:
         delta = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, -1)
         if delta.shape[1] != self.single_action_space.shape[0]:
@@ -219,12 +240,13 @@ class ResidualVecEnv(VectorEnv):
         active[ids] = True
         if self.mode == "step":
             before = self.executor.n_queries
-            self._base_action[ids] = self.executor.act(self._raw_obs, active=active)[ids]
+            self._base_action[ids] = self.executor.act(self._raw_obs, active=active, generator=self._generator)[ids]
             self.base_queries += self.executor.n_queries - before
             return
         batch = self.executor.observation_history(ids)  # chunk mode: the caller has observed already
         with torch.no_grad():
-            chunk = self.policy.base.act({k: torch.from_numpy(v).to(self.policy.device) for k, v in batch.items()})
+            chunk = self.policy.base.act({k: torch.from_numpy(v).to(self.policy.device) for k, v in batch.items()},
+                                         generator=self._generator)
         self.base_queries += 1
         self._base_chunk[ids] = chunk.cpu().numpy()
 

@@ -213,17 +213,17 @@ class ResidualPolicy(Policy):
     # ------------------------------------------------------------------------------ acting
     @torch.no_grad()
     def correct(self, obs: Batch, base_action: Tensor, *, previous_action: Tensor | None = None,
-                deterministic: bool = True) -> Tensor:
+                deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """``step`` mode, one env step: raw observations ``{key: (B, To, ...)}`` and the base's raw action for this
         step (B, Da) (and, for a head that sees it, the raw action executed at the previous step (B, Da)) -> the
-        corrected raw action (B, Da) (the head's mean when ``deterministic``)."""
+        corrected raw action (B, Da) (the head's mean when ``deterministic``, else a draw from ``generator``)."""
         if self.config.mode != "step":
             raise ConfigError("correct() is for step-mode residual policies; a chunk-mode one corrects in act()")
         base_action = torch.as_tensor(base_action, dtype=torch.float32, device=self.device)
         if previous_action is not None:
             previous_action = torch.as_tensor(previous_action, dtype=torch.float32, device=self.device)
         head_obs = self.head_obs(obs, base_action, previous_action)
-        delta = self.head.sample(head_obs, deterministic=deterministic).actor_action
+        delta = self.head.sample(head_obs, deterministic=deterministic, generator=generator).actor_action
         return self.compose(base_action, delta)
 
     @property
@@ -232,7 +232,7 @@ class ResidualPolicy(Policy):
         return self.config.mode == "step"
 
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Raw observations ``{key: (B, To, ...)}`` -> raw actions (B, Ta, Da).
 
         ``chunk`` mode: the base's chunk plus the head's chunk delta, exact. ``step`` mode: the base's chunk with
@@ -243,12 +243,14 @@ class ResidualPolicy(Policy):
         if self.config.previous_action:
             raise ConfigError("a residual head that sees the previously executed action acts step by step through "
                               "a ChunkExecutor (roboloop eval, deploy), which keeps that action per sub-env")
-        base_chunk = self.base.act(obs, deterministic=True)  # (B, Ta, Da)
+        base_chunk = self.base.act(obs, deterministic=True, generator=generator)  # (B, Ta, Da)
         b, ta, da = base_chunk.shape
         if self.config.mode == "chunk":
-            delta = self.head.sample(self.head_obs(obs), deterministic=deterministic).actor_action
+            delta = self.head.sample(self.head_obs(obs), deterministic=deterministic,
+                                     generator=generator).actor_action
             return self.compose(base_chunk, delta.view(b, ta, da))
-        steps = [self.correct(obs, base_chunk[:, i], deterministic=deterministic) for i in range(ta)]
+        steps = [self.correct(obs, base_chunk[:, i], deterministic=deterministic, generator=generator)
+                 for i in range(ta)]
         return torch.stack(steps, dim=1)
 
     def compute_loss(self, batch: Batch) -> LossOutput:

@@ -310,7 +310,8 @@ class PPO:
             if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
                 raise ConfigError(f"PPO needs a flat (1-D) Box {what} space, got {space}; flatten Dict observations "
                                   f"first (e.g. gymnasium.wrappers.vector.FlattenObservation)")
-        # With several groups, a group's physics runs while the actions of the next one are computed.
+        # With several groups, a group's step (on its wrapper's thread) runs while the next group's actions are
+        # computed and the other groups step.
         self.groups = groups
         starts = np.cumsum([0] + [g.num_envs for g in groups])
         self.group_rows = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
@@ -411,7 +412,8 @@ class PPO:
 
                 # --- rollout: n_steps steps of every env with the current actor, group by group: each group's
                 # step is sent (``_act``) before the previous group's result is taken in (``_record``), so with
-                # two groups one group's physics overlaps the other's base planning and actor/critic passes
+                # two groups of ResidualVecEnv the groups' steps (physics and base planning) run at once on their
+                # wrappers' threads, beside the actor/critic passes
                 self.buffer.reset()
                 in_flight: list[_Step | None] = [None] * len(self.groups)
                 for t in range(cfg.n_steps + 1):

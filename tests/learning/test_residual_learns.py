@@ -65,7 +65,7 @@ class BiasedController(Policy):
     config_cls = BiasedControllerConfig
     config: BiasedControllerConfig
 
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         x = torch.as_tensor(obs["observation.state"], dtype=torch.float32)[:, -1, :]  # (B, 1)
         action = (-self.config.gain * x + self.config.bias).clamp(-1, 1)
         return action[:, None, :].expand(-1, self.spec.n_action_steps, -1).clone()

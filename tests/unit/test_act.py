@@ -128,6 +128,19 @@ def test_zero_latent_is_deterministic_and_sampling_follows_the_seed() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, first)
 
 
+def test_a_generator_replaces_the_global_rng() -> None:
+    policy = make_policy().eval()
+    obs = obs_of(make_batch(policy), policy)
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    a = policy.act(obs, deterministic=False, generator=torch.Generator().manual_seed(3))
+    candidates = policy.sample_actions(obs, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(a, policy.act(obs, deterministic=False, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(candidates, policy.sample_actions(obs, 2, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, policy.act(obs, deterministic=False, generator=torch.Generator().manual_seed(4)))
+
+
 def test_sample_actions_needs_the_cvae() -> None:
     policy = make_policy(use_vae=False).eval()
     obs = obs_of(make_batch(policy), policy)

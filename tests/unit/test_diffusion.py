@@ -158,6 +158,23 @@ def test_ddim_is_a_function_of_the_initial_noise() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_a_generator_replaces_the_global_rng(sampler: str) -> None:
+    """With a generator, act and sample_actions draw from it alone: the same seed gives the same chunks whatever
+    the global RNG does, and the global RNG is left untouched (env groups plan on their own threads with it)."""
+    policy = make_policy(sampler=sampler).eval()
+    obs = make_obs()
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    a = policy.act(obs, generator=torch.Generator().manual_seed(7))
+    candidates = policy.sample_actions(obs, 3, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), global_state)
+    torch.manual_seed(1)
+    assert torch.equal(a, policy.act(obs, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(candidates, policy.sample_actions(obs, 3, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, policy.act(obs, generator=torch.Generator().manual_seed(8)))
+
+
 def test_sample_actions_gives_distinct_candidates_per_observation() -> None:
     policy = make_policy().eval()
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ class EncodingPolicy(Policy):
         self.calls: list[dict[str, Tensor]] = []
         self.resets: list[list[int] | None] = []
 
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         self.spec.check_obs(obs)
         self.calls.append({k: v.clone() for k, v in obs.items()})
         env = obs[STATE][:, -1, 0].float()  # (B,)

@@ -20,7 +20,7 @@ from roboloop.datasets.stats import compute_stats
 from roboloop.envs import make
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.policies import DiffusionConfig, DiffusionPolicy, MLPConfig, MLPPolicy
-from roboloop.residual_rl.env import ResidualVecEnv
+from roboloop.residual_rl.env import ResidualVecEnv, generator_from_global_rng
 from roboloop.residual_rl.policy import ResidualConfig, ResidualPolicy
 
 TO, TP, TA = 2, 8, 4
@@ -161,7 +161,8 @@ def test_the_training_env_runs_what_evaluation_runs(lift_demos: Path, mode: str)
     for t in range(16):
         if t % TA == 0:
             torch.manual_seed(5)
-        obs, *_ = env.step(executor.act({k: v[None] for k, v in obs.items()})[0])
+            noise = generator_from_global_rng("cpu")  # what the wrapper's step plans from
+        obs, *_ = env.step(executor.act({k: v[None] for k, v in obs.items()}, generator=noise)[0])
         if (t + 1) % steps_per_call == 0:
             eval_states.append(env.unwrapped.get_state().copy())
     np.testing.assert_allclose(np.stack(wrapper_states), np.stack(eval_states), rtol=0, atol=1e-12)
@@ -285,6 +286,37 @@ def test_step_async_then_step_wait_is_step(lift_demos: Path, mode: str, vectoriz
     with pytest.raises(InputError, match="without a step_async"):
         envs[1].step_wait()
     for venv in envs:
+        venv.close()
+
+
+@pytest.mark.parametrize("mode", ["step", "chunk"])
+def test_groups_stepped_at_once_plan_what_a_seeded_step_plans(lift_demos: Path, mode: str) -> None:
+    """Two env groups whose steps (physics and the diffusion base's planning) run at the same time on their
+    wrappers' threads, while the caller draws from the global RNG, give what plain ``step`` gives under the
+    same seeds: each step's base noise comes from a generator seeded on the caller's thread."""
+    policy = ResidualPolicy.from_base(make_base(lift_demos, "diffusion"), ResidualConfig(mode=mode))
+    randomize_head(policy)
+    direct = ResidualVecEnv(make_vector_env("Lift", {}, 2, "sync"), policy)
+    groups = [ResidualVecEnv(make_vector_env("Lift", {}, 2, "sync"), policy) for _ in range(2)]
+    torch.manual_seed(0)
+    obs = direct.reset(seed=[3, 4])[0]
+    for group in groups:
+        torch.manual_seed(0)
+        np.testing.assert_array_equal(group.reset(seed=[3, 4])[0], obs)
+    for k in range(12):
+        delta = policy.head.sample(torch.from_numpy(obs), deterministic=True).actor_action.numpy()
+        torch.manual_seed(k)
+        expected = direct.step(delta)
+        for group in groups:
+            torch.manual_seed(k)
+            group.step_async(delta)
+        torch.randn(1000)  # the caller's own draws while the groups plan
+        for group in groups:
+            got = group.step_wait()
+            for a, b in zip(expected[:4], got[:4], strict=True):
+                np.testing.assert_array_equal(a, b)
+        obs = expected[0]
+    for venv in (direct, *groups):
         venv.close()
 
 

@@ -63,30 +63,36 @@ class ACTPolicy(Policy):
         queries = self.queries.expand(memory.shape[0], -1, -1)
         return self.action_head(self.transformer_decoder(queries, memory))
 
-    def _prior_latent(self, batch: int, *, sample: bool) -> Tensor:
-        """(batch, latent_dim): a draw from N(0, I) (global torch RNG), or its mean 0."""
+    def _prior_latent(self, batch: int, *, sample: bool, generator: torch.Generator | None = None) -> Tensor:
+        """(batch, latent_dim): a draw from N(0, I) (from ``generator``; None: the global torch RNG), or its
+        mean 0."""
         shape = (batch, self.config.latent_dim)
-        return torch.randn(shape, device=self.device) if sample else torch.zeros(shape, device=self.device)
+        return torch.randn(shape, generator=generator, device=self.device) if sample else torch.zeros(
+            shape, device=self.device)
 
     # ------------------------------------------------------------------------------ the contract
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """Raw obs (B, To, ...) -> raw actions (B, Ta, Da). ``deterministic`` takes the prior mean z = 0;
-        otherwise z is drawn from the prior (without the CVAE there is no latent and both are the same)."""
+        otherwise z is drawn from the prior with ``generator`` (without the CVAE there is no latent and both are
+        the same)."""
         obs_tokens = self._obs_tokens(self.normalize_obs(obs))
-        latent = self._prior_latent(obs_tokens.shape[0], sample=not deterministic and self.posterior is not None)
+        latent = self._prior_latent(obs_tokens.shape[0], sample=not deterministic and self.posterior is not None,
+                                    generator=generator)
         return self.unnormalize_action(self.executed(self._predict(obs_tokens, latent)))
 
     @torch.no_grad()
-    def sample_actions(self, obs: Batch, n: int) -> Tensor:
-        """Raw obs (B, To, ...) -> n candidate action sequences (B, n, Ta, Da), one prior draw of z each."""
+    def sample_actions(self, obs: Batch, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Raw obs (B, To, ...) -> n candidate action sequences (B, n, Ta, Da), one prior draw of z each (from
+        ``generator``; None: the global torch RNG)."""
         if self.posterior is None:
             raise ConfigError("sample_actions draws the CVAE latent from its prior, but this ACT policy has "
                               "use_vae=False: every candidate would be the same chunk")
         if n < 1:
             raise InputError(f"sample_actions needs n >= 1 candidates, got {n}")
         obs_tokens = self._obs_tokens(self.normalize_obs(obs)).repeat_interleave(n, dim=0)  # (B * n, S, d)
-        chunk = self.executed(self._predict(obs_tokens, self._prior_latent(obs_tokens.shape[0], sample=True)))
+        latent = self._prior_latent(obs_tokens.shape[0], sample=True, generator=generator)
+        chunk = self.executed(self._predict(obs_tokens, latent))
         return self.unnormalize_action(chunk).unflatten(0, (-1, n))
 
     def compute_loss(self, batch: Batch) -> LossOutput:

@@ -104,38 +104,45 @@ class DiffusionPolicy(Policy):
 
     # ------------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         """obs: raw ``{key: (B, To, *shape)}`` -> raw actions (B, Ta, Da).
 
-        A diffusion policy always samples: the chunk is denoised from Gaussian noise drawn from the global torch
-        RNG, whatever ``deterministic`` says. With DDIM (eta = 0) the result is a deterministic function of that
-        noise, so ``torch.manual_seed`` before the call reproduces it; DDPM also draws noise at every step.
+        A diffusion policy always samples: the chunk is denoised from Gaussian noise drawn from ``generator``
+        (None: the global torch RNG), whatever ``deterministic`` says. With DDIM (eta = 0) the result is a
+        deterministic function of that noise, so seeding the generator (``torch.manual_seed``) before the call
+        reproduces it; DDPM also draws noise at every step.
         """
-        chunk = self.sample_chunks(self.encode(obs))
+        chunk = self.sample_chunks(self.encode(obs), generator)
         return self.unnormalize_action(self.executed(chunk))
 
     @torch.no_grad()
-    def sample_actions(self, obs: Batch, n: int) -> Tensor:
-        """``n`` candidate chunks per observation (e.g. for value-guided steering), sampled as one batch of B * n.
+    def sample_actions(self, obs: Batch, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` candidate chunks per observation (e.g. for value-guided steering), sampled as one batch of B * n
+        from ``generator`` (None: the global torch RNG).
 
         obs: raw ``{key: (B, To, *shape)}`` -> raw actions (B, n, Ta, Da).
         """
         if n < 1:
             raise InputError(f"sample_actions needs n >= 1 candidates, got {n}")
         obs_features = self.encode(obs)  # (B, To, F), encoded once per observation
-        chunk = self.sample_chunks(obs_features.repeat_interleave(n, dim=0))
+        chunk = self.sample_chunks(obs_features.repeat_interleave(n, dim=0), generator)
         actions = self.unnormalize_action(self.executed(chunk))
         return actions.view(obs_features.shape[0], n, *actions.shape[1:])
 
     @torch.no_grad()
-    def sample_chunks(self, obs_features: Tensor) -> Tensor:
-        """obs_features (N, To, F) -> normalized action chunks (N, Tp, Da), one per row, with the current sampler."""
+    def sample_chunks(self, obs_features: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """obs_features (N, To, F) -> normalized action chunks (N, Tp, Da), one per row, with the current sampler
+        and noise from ``generator`` (None: the global torch RNG).
+
+        The sampler is shared, so concurrent calls (env groups planning on their own threads) must not change its
+        state: ``step`` only reads the timesteps ``set_sampler`` fixed."""
         n = obs_features.shape[0]
         timesteps = self.sampler.timesteps.tolist()
         # Condition every denoising step in one batched call; the loop then only runs the denoiser and the update.
         steps = torch.tensor(timesteps, device=obs_features.device).repeat_interleave(n)  # (K * N,)
         conds = self.denoiser.condition(steps, obs_features.repeat(len(timesteps), 1, 1)).chunk(len(timesteps))
-        chunk = torch.randn(n, self.spec.horizon, self.spec.action_dim, device=obs_features.device)
+        chunk = torch.randn(n, self.spec.horizon, self.spec.action_dim, generator=generator,
+                            device=obs_features.device)
         for t, cond in zip(timesteps, conds, strict=True):
-            chunk = self.sampler.step(self.denoiser.denoise(chunk, cond), t, chunk).prev_sample
+            chunk = self.sampler.step(self.denoiser.denoise(chunk, cond), t, chunk, generator=generator).prev_sample
         return chunk

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from roboloop.core.policy import ACTION_KEY, Batch, LossOutput, Policy
+from roboloop.core.policy import ACTION_KEY, Batch, LossOutput, Policy, randn_like
 from roboloop.core.spec import PolicySpec
 from roboloop.policies.encoders import ObservationEncoder
 from roboloop.policies.mlp.config import MLPConfig
@@ -45,10 +45,10 @@ class MLPPolicy(Policy):
         return mean, log_std.clamp(self.config.min_log_std, 2.0)
 
     @torch.no_grad()
-    def act(self, obs: Batch, *, deterministic: bool = True) -> Tensor:
+    def act(self, obs: Batch, *, deterministic: bool = True, generator: torch.Generator | None = None) -> Tensor:
         mean, log_std = self._predict(self.normalize_obs(obs))
         if not deterministic and log_std is not None:
-            mean = mean + log_std.exp() * torch.randn_like(mean)
+            mean = mean + log_std.exp() * randn_like(mean, generator)
         return self.unnormalize_action(self.executed(mean))
 
     def compute_loss(self, batch: Batch) -> LossOutput:
