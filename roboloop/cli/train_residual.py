@@ -72,8 +72,8 @@ class TrainResidualConfig:
             the goal are told apart.
         env_groups: The ``n_envs`` split into this many groups that PPO steps in turn: each group's step (physics
             and the base's planning) runs on its wrapper's thread while the other groups step and the head
-            computes; torch then runs on one CPU thread per thread, so the groups share the cores. 1 steps every
-            env at once.
+            computes; torch then runs single-threaded in each of these threads, so the groups share the cores. 1
+            steps every env at once.
         out_dir: Output directory (``{task}`` and ``{mode}`` are filled in).
         eval: How the base and the residual are evaluated (episodes, seeds, parallel envs).
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.

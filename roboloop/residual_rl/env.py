@@ -19,7 +19,7 @@ stable-baselines3's see nothing but a vector of floats in and out.
 ``step_async`` / ``step_wait`` split a step as gymnasium's ``AsyncVectorEnv`` does: the whole step (the inner
 env's physics, resets and the base's planning for the stepped envs) runs on the wrapper's worker thread while the
 caller computes something else, e.g. the actions of another group of envs (``PPO`` with several env groups, each
-group's wrapper on its own thread). MuJoCo releases the GIL while it integrates (~90% of a PegInsert step) and
+group's wrapper on its own thread). MuJoCo releases the GIL while it integrates (~87% of a PegInsert step) and
 torch while its kernels run, so two groups keep both cores busy. When the inner env is an ``AsyncVectorEnv`` its
 worker processes run the physics instead and the base plans in ``step_wait``, on the caller's thread.
 
@@ -133,7 +133,7 @@ class ResidualVecEnv(VectorEnv):
         self._previous_action = np.zeros((self.num_envs, spec.action_dim), dtype=np.float32)
         self._raw_obs: dict[str, np.ndarray] = {}
         self.base_queries = 0
-        self._generator = generator_from_global_rng(policy.device)  # the base's noise, renewed every step
+        self._generator = torch.Generator(device=policy.device)  # the base's noise; every reset/step renews it
         self._worker: ThreadPoolExecutor | None = None  # the thread of step_async, made on first use
         self._finish: Callable[[], tuple[Any, ...]] | None = None  # completes the step step_async started
         if shaping < 0 or not 0 < gamma <= 1:
@@ -184,13 +184,18 @@ class ResidualVecEnv(VectorEnv):
                 self.envs.step_async(env_actions)
                 self._finish = lambda: self._finish_step(self.envs.step_wait())
                 return
-            work: Callable[[], tuple[Any, ...]] = lambda: self._finish_step(self.envs.step(env_actions))  # noqa: E731
-        else:  # a chunk interleaves physics and base planning
+
+            def work() -> tuple[Any, ...]:
+                return self._finish_step(self.envs.step(env_actions))
+        else:
             delta = self._checked_delta(actions).reshape(self.num_envs, self.chunk_size, -1)
-            work = lambda: self._step_chunk(delta)  # noqa: E731
+
+            def work() -> tuple[Any, ...]:
+                return self._step_chunk(delta)  # a chunk interleaves physics and base planning
         if self._worker is None:
-            # torch.set_num_threads binds only the thread that calls it (OpenMP's per-thread setting): a new thread
-            # would run the base's kernels on every core and oversubscribe the ones the other groups use.
+            # torch.set_num_threads takes full effect only in the thread that calls it (OpenMP's thread count is a
+            # per-thread setting, whatever get_num_threads reports): without it this thread's kernels ran on every
+            # core, and two groups' threads measured no faster than one (1.7x with it).
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="residual-step",
                                               initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
         self._finish = self._worker.submit(work).result
