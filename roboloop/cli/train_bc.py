@@ -194,6 +194,8 @@ class EvalCommandConfig(EvalConfig):
         steer: A critic directory (``roboloop train-offline``): value-guided steering (V-GPS) of the checkpoint's
             policy, which samples ``n_samples`` chunks per query and executes the one the critic ranks highest.
         n_samples: Candidate chunks per query when steering.
+        steer_temperature: 0 (V-GPS's argmax) or a softmax temperature over the candidates' Q-values (see
+            ``SteeringConfig.temperature``).
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
@@ -204,6 +206,7 @@ class EvalCommandConfig(EvalConfig):
     num_inference_steps: int | None = None
     steer: str | None = None
     n_samples: int = 8
+    steer_temperature: float = 0.0
     device: str = "auto"
 
 
@@ -223,7 +226,7 @@ def run_eval(cfg: EvalCommandConfig) -> int:
         from roboloop.offline_rl.policy import SteeredPolicy, load_critic
 
         critic, critic_config = load_critic(cfg.steer)
-        policy = SteeredPolicy(policy, critic, critic_config["obs_keys"], cfg.n_samples)
+        policy = SteeredPolicy(policy, critic, critic_config["obs_keys"], cfg.n_samples, cfg.steer_temperature)
     eval_fields = {k: getattr(cfg, k) for k in EvalConfig.__dataclass_fields__}
     eval_cfg = EvalConfig(**{**eval_fields, "env_kwargs": {**meta.get("env_kwargs", {}), **cfg.env_kwargs}})
     out_dir = Path(cfg.out_dir) if cfg.out_dir else path / "eval"

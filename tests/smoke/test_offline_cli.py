@@ -53,4 +53,5 @@ def test_finetune_online_continues_and_eval_steers(mixed_tier: Path, tmp_path: P
                  "n_episodes=2", "progress=false", f"out_dir={tmp_path / 'steered'}"]) == 0
     # Steering one executed action per query: the critic's choice is then all that runs.
     assert main(["eval", str(bc / "checkpoints" / "last"), f"steer={offline / 'critic'}", "n_samples=3",
-                 "n_action_steps=1", "n_episodes=2", "progress=false", f"out_dir={tmp_path / 'steered1'}"]) == 0
+                 "n_action_steps=1", "steer_temperature=0.05", "n_episodes=2", "progress=false",
+                 f"out_dir={tmp_path / 'steered1'}"]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,25 @@ def test_critic_round_trip_and_steering_takes_the_best_scored_candidate(tmp_path
         SteeredPolicy(make_base(lift_demos, "mlp"), loaded, ["observation.state"], 4)
     with pytest.raises(CheckpointError, match="holds no critic"):
         load_critic(tmp_path)
+
+
+def test_steering_with_a_temperature_draws_candidates_by_softmax_of_q(lift_demos: Path) -> None:
+    """Fixed candidates with known scores: each is executed about as often as softmax(Q / temperature) says, and a
+    temperature near 0 is the argmax."""
+    torch.manual_seed(0)
+    base = make_base(lift_demos, "diffusion")
+    obs = lift_obs(1)
+    candidates = base.sample_actions(obs, 3)  # (1, 3, Ta, Da)
+    q = torch.tensor([[0.0, 0.1, 0.2]])
+    steered = SteeredPolicy(base, QEnsemble(16, 5, [8], 2), ["observation.state"], n_samples=3, temperature=0.1)
+    steered.base.sample_actions = lambda *args: candidates  # type: ignore[method-assign]
+    steered.scores = lambda *args: q  # type: ignore[method-assign]
+    generator = torch.Generator().manual_seed(0)
+    picks = [int((steered.act(obs, generator=generator) - candidates[0]).abs().flatten(1).sum(1).argmin())
+             for _ in range(3000)]
+    frequencies = np.bincount(picks, minlength=3) / len(picks)
+    np.testing.assert_allclose(frequencies, torch.softmax(q[0] / 0.1, dim=0).numpy(), atol=0.03)
+    steered.config.temperature = 1e-4
+    assert all(torch.equal(steered.act(obs, generator=generator), candidates[:, 2]) for _ in range(20))
+    with pytest.raises(ConfigError, match="temperature"):
+        SteeredPolicy(base, QEnsemble(16, 5, [8], 2), ["observation.state"], 3, temperature=-1.0)
