@@ -213,9 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if best_n is not None and not args.quick:
         targets.append(target("steering_gain_at_best_common_n", round(min(gain(c, best_n) for c in cases.values()), 3),
                               ">=", MIN_GAIN, f"n={best_n}, the smallest gain over {len(cases)} bases"))
-    return finish(NAME, {"cases": cases, "samples": samples, "temperature": args.temperature, "best_common_n": best_n},
-                  targets, table,
-                  quick=args.quick)
+    figures = {"cases": cases, "samples": samples, "temperature": args.temperature, "best_common_n": best_n}
+    return finish(NAME, figures, targets, table, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -149,8 +149,8 @@ class SteeringConfig(PolicyConfig):
             probability proportional to ``exp(Q / temperature)``: differences in Q far below the temperature (a
             critic's noise between near-identical candidates) then leave the choice to the base's own sampling,
             and only larger ones steer. Argmax over ACT's near-identical candidates follows the critic's slight
-            preference for saturated actions at every step (Lift ACT: 35% unsteered, 5% at n=16; 65% at n=16 with
-            temperature 0.03, for Q in [0, 1]).
+            preference for saturated actions at every step (Lift ACT: 35% unsteered; argmax 5% at n=16 over 40
+            episodes; temperature 0.03, for Q in [0, 1]: 62% at n=4 and 58% at n=16 over 100).
     """
 
     n_samples: int = 8
