@@ -22,7 +22,7 @@ Envs (``--env``):
   ``env_groups=2``): each group's step (physics, resets, the base's planning) runs on its wrapper's thread, so
   the two groups step at once while the head and critic compute. SB3's ``VecEnv`` API steps all envs at once
   (``step_async`` then at once ``step_wait``), so it gets one ``ResidualVecEnv`` of 32: the same envs, base,
-  head and seeds; the overlap is what our rollout loop adds. Both run with torch on one CPU thread per thread
+  head and seeds; the overlap is what our rollout loop adds. Both run torch single-threaded in each thread
   (``--threads``), as ``train-residual`` runs with env groups (SB3 with 2 torch threads measured slower: 550
   against 570 env steps/s over 3 iterations). With the default ``ResidualConfig`` (scale 0.1, log std -1, no
   shaping) and 16 envs this measured 1.115x, and neither algorithm learned in 100k steps (8% and 10% against the
