@@ -153,7 +153,7 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
             return ", ".join(f"n={n}: {100 * c['success_rate']:.0f}%" for n, c in case["curve"].items())
 
         episodes = next(iter(cases.values()))["episodes"]
-        temperature = r["figures"].get("temperature", 0.0)
+        temperature = r["figures"]["temperature"]
         selection = f"softmax(Q / {temperature:g})" if temperature else "argmax Q"
         rows.append((f"V-GPS steering: success vs sampled chunks (n=1 unsteered; {selection}), {episodes} episodes "
                      f"each (commit {r['commit']})", "; ".join(f"{name} {curve(case)}" for name, case in cases.items()),
