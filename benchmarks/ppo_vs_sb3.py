@@ -12,9 +12,11 @@ Envs (``--env``):
   PegInsert recipe that reaches >= 95% (``residual_success.CASES["PegInsert"]``, composed through
   ``TrainResidualConfig``, so the comparison runs what we train with): ``ResidualVecEnv(make_vector_env(task,
   env_kwargs, n_envs, "sync"), ResidualPolicy.from_base(Policy.load(base), residual), shaping=...)`` with the
-  task and env_kwargs from the base's ``meta.json``; step mode, scale 0.25, head 2x256 relu, log std -2 (fixed for
-  ours, learned by SB3), zero-initialized mean layer for ours; the sparse reward plus the dense ``align`` cost
-  floored at -1. Every run builds a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
+  task and env_kwargs from the base's ``meta.json``; step mode with ``align_chunks`` (train-residual's default: a
+  restarted env's first base chunk ends at its group's next replanning step, so the base plans for the group in
+  one call), scale 0.25, head 2x256 relu, log std -2 (fixed for ours, learned by SB3), zero-initialized mean layer
+  for ours; the sparse reward plus the dense ``align`` cost floored at -1. Every run builds a fresh
+  ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
   32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
   480k env steps (``--steps``; the recipe's 3M-step run evaluated 68% at 480k), 100 evaluation episodes. Ours steps
@@ -178,13 +180,14 @@ def residual_setup(base: Path, quick: bool, steps: int | None, n_envs: int | Non
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, n // groups, "sync"), policy,
                                shaping=recipe.reward_shaping, gamma=cfg.gamma,
                                shaping_terms=recipe.reward_shaping_terms, shaping_mode=recipe.reward_shaping_mode,
-                               shaping_floor=recipe.reward_shaping_floor)
+                               shaping_floor=recipe.reward_shaping_floor, align_chunks=recipe.align_chunks)
                 for _ in range(groups)]
         return (envs[0] if groups == 1 else envs), policy.head
 
     description = (f"residual ({residual.mode} mode, scale {residual.scale}) on {task}, base {base}, env_kwargs "
                    f"{env_kwargs}, reward shaping {recipe.reward_shaping_mode} x{recipe.reward_shaping} on "
-                   f"{recipe.reward_shaping_terms} (floor {recipe.reward_shaping_floor})")
+                   f"{recipe.reward_shaping_terms} (floor {recipe.reward_shaping_floor}), align_chunks "
+                   f"{recipe.align_chunks}")
     return Setup("residual", description, cfg, n_envs, list(residual.hidden_dims), residual.activation,
                  residual.init_logstd, residual.learn_std, 2 if quick else 100, build, ours_groups=2)
 

@@ -74,6 +74,9 @@ class TrainResidualConfig:
             and the base's planning) runs on its wrapper's thread while the other groups step and the head
             computes; torch then runs single-threaded in each of these threads, so the groups share the cores. 1
             steps every env at once.
+        align_chunks: Step mode: an env whose episode restarts cuts its first base chunk short so that it replans
+            with the other envs of its group, in one batched call (``ResidualVecEnv``): about a third of the base
+            calls. False replans every episode on evaluation's exact schedule.
         out_dir: Output directory (``{task}`` and ``{mode}`` are filled in).
         eval: How the base and the residual are evaluated (episodes, seeds, parallel envs).
         device: ``auto``, ``cpu`` or ``cuda`` for the base and the head.
@@ -92,6 +95,7 @@ class TrainResidualConfig:
     reward_shaping_mode: str = "potential"
     reward_shaping_floor: float | None = None
     env_groups: int = 2
+    align_chunks: bool = True
     out_dir: str = "outputs/train_residual/{task}_{mode}"
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n_episodes=50))
     device: str = "auto"
@@ -147,7 +151,8 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
         envs = [ResidualVecEnv(make_vector_env(task, env_kwargs, group_size, cfg.vectorization), residual,
                                shaping=cfg.reward_shaping, gamma=cfg.ppo.gamma,
                                shaping_terms=cfg.reward_shaping_terms, shaping_mode=cfg.reward_shaping_mode,
-                               shaping_floor=cfg.reward_shaping_floor) for _ in range(cfg.env_groups)]
+                               shaping_floor=cfg.reward_shaping_floor, align_chunks=cfg.align_chunks)
+                for _ in range(cfg.env_groups)]
     except InputError as err:
         raise InputError(f"base checkpoint {str(base_dir)!r} does not fit {task}: {err}") from None
     if meta.get("task") not in (None, task):  # it fits (checked above), so this is a deliberate transfer

@@ -177,6 +177,19 @@ class ChunkExecutor:
         env_id = int(self._check_ids([env_id])[0])
         return {k: h[env_id].copy() for k, h in self._history.items()}
 
+    def limit_queue(self, env_ids: Sequence[int] | np.ndarray, n_actions: int) -> None:
+        """Keep at most the next ``n_actions`` queued actions of ``env_ids``: they query the policy again after
+        those (``n_actions=0``: at their next ``act``). A vector env whose episodes end at different times can so
+        bring a restarted sub-env back to the others' replanning steps, and query the policy for all at once."""
+        ids = self._check_ids(env_ids)
+        if n_actions < 0:
+            raise ConfigError(f"n_actions must be >= 0, got {n_actions}")
+        for i in ids[self._n_queued[ids] > n_actions]:
+            # The queue is read from its end (the next action is _queue[i, -_n_queued[i]]): move the kept ones there.
+            start = self.n_action_steps - self._n_queued[i]
+            self._queue[i, self.n_action_steps - n_actions:] = self._queue[i, start:start + n_actions].copy()
+            self._n_queued[i] = n_actions
+
     def n_queued(self, env_id: int) -> int:
         """Actions still queued for env ``env_id`` (always 0 with temporal ensembling)."""
         return int(self._n_queued[int(self._check_ids([env_id])[0])])
