@@ -126,6 +126,27 @@ def test_partial_reset_only_clears_those_envs() -> None:
     assert executor.n_queued(0) == executor.n_queued(1) == 0
 
 
+def test_a_limited_queue_keeps_its_next_actions_then_replans() -> None:
+    """``limit_queue`` keeps the next actions in order (not the chunk's last ones); 0 replans at the next act."""
+    policy = make_policy()
+    executor = ChunkExecutor(policy, 2)
+    first = executor.act(obs_at(0, 2))  # chunk 1, action 0 for both
+    executor.limit_queue([0], 1)
+    executor.limit_queue([1], 5)  # more than queued: unchanged
+    assert executor.n_queued(0) == 1 and executor.n_queued(1) == TA - 1
+    second = executor.act(obs_at(1, 2))
+    np.testing.assert_array_equal(first[:, 0], [code(1, 0, 0), code(1, 1, 0)])
+    np.testing.assert_array_equal(second[:, 0], [code(1, 0, 1), code(1, 1, 1)])  # env 0: its next, not its last
+    third = executor.act(obs_at(2, 2))  # env 0 has run out: queried alone; env 1 finishes its chunk
+    np.testing.assert_array_equal(third[:, 0], [code(2, 0, 0), code(1, 1, 2)])
+    executor.limit_queue([0, 1], 0)
+    fourth = executor.act(obs_at(3, 2))  # both replan, in one call
+    np.testing.assert_array_equal(fourth[:, 0], [code(3, 0, 0), code(3, 1, 0)])
+    assert len(policy.calls) == 3 and policy.calls[-1][STATE].shape[0] == 2
+    with pytest.raises(ConfigError, match="n_actions"):
+        executor.limit_queue([0], -1)
+
+
 def test_inactive_envs_get_zeros_and_are_not_queried() -> None:
     policy = make_policy()
     executor = ChunkExecutor(policy, 3)

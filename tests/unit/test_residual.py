@@ -17,7 +17,7 @@ from roboloop.core.policy import Policy
 from roboloop.core.spec import PolicySpec
 from roboloop.datasets.collection import make_vector_env
 from roboloop.datasets.stats import compute_stats
-from roboloop.envs import make
+from roboloop.envs import make, task_info
 from roboloop.envs.executor import ChunkExecutor
 from roboloop.policies import DiffusionConfig, DiffusionPolicy, MLPConfig, MLPPolicy
 from roboloop.residual_rl.env import ResidualVecEnv, generator_from_global_rng
@@ -180,6 +180,29 @@ def test_finished_episodes_report_their_final_observation(lift_demos: Path) -> N
     assert infos["final_obs"][0].shape == head_obs[0].shape
     assert not np.allclose(infos["final_obs"][0], head_obs[0])  # the final one, not the reset one
     assert "is_success" in infos["final_info"]
+
+
+def test_aligned_chunks_replan_restarted_envs_with_the_running_ones(lift_demos: Path) -> None:
+    """Episodes that end at different times (time limits 5, 7 and 10 with Ta = 4) drift the envs' replanning steps
+    apart; with ``align_chunks`` a restarted env replans with the running ones, so every step all queues hold the
+    same number of actions and the base is called less often."""
+    env_id = task_info("Lift").env_id
+    queues, calls = {}, {}
+    for align in (False, True):
+        inner = SyncVectorEnv([lambda m=m: gym.make(env_id, max_episode_steps=m) for m in (5, 7, 10)],
+                              autoreset_mode=AutoresetMode.DISABLED)
+        venv = ResidualVecEnv(inner, ResidualPolicy.from_base(make_base(lift_demos)), align_chunks=align)
+        venv.reset(seed=[0, 1, 2])
+        queued = []
+        for _ in range(30):
+            *_, terminated, truncated, _ = venv.step(np.zeros((3, 5), np.float32))
+            assert not terminated.any()  # the time limits decide when episodes end
+            queued.append([venv.executor.n_queued(i) for i in range(3)])
+        queues[align], calls[align] = np.array(queued), venv.base_queries
+        venv.close()
+    assert (queues[True] == queues[True][:, :1]).all()
+    assert not (queues[False] == queues[False][:, :1]).all()
+    assert calls[True] < calls[False]
 
 
 def test_checkpoints_carry_their_base(lift_demos: Path, tmp_path: Path) -> None:
