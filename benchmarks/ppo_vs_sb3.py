@@ -19,7 +19,7 @@ Envs (``--env``):
   ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
   32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
-  480k env steps (``--steps``; the recipe's 3M-step run evaluated 68% at 480k), 100 evaluation episodes. Ours steps
+  480k env steps (``--steps``; the recipe's 3M-step run evaluated 56% at 480k), 100 evaluation episodes. Ours steps
   the 32 envs as ``train-residual`` does, in two groups of 16 (two ``ResidualVecEnv`` around one policy,
   ``env_groups=2``): each group's step (physics, resets, the base's planning) runs on its wrapper's thread, so
   the two groups step at once while the head and critic compute. SB3's ``VecEnv`` API steps all envs at once
