@@ -14,9 +14,9 @@ Envs (``--env``):
   env_kwargs, n_envs, "sync"), ResidualPolicy.from_base(Policy.load(base), residual), shaping=...)`` with the
   task and env_kwargs from the base's ``meta.json``; step mode with ``align_chunks`` (train-residual's default: a
   restarted env's first base chunk ends at its group's next replanning step, so the base plans for the group in
-  one call), scale 0.25, head 2x256 relu, log std -2 learned by both (the recipe keeps it fixed; SB3 cannot), a
-  zero-initialized mean layer for ours; the sparse reward plus the dense ``align`` cost floored at -1. Every run
-  builds a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
+  one call), scale 0.25, head 2x256 relu, log std -2 (fixed for ours, learned by SB3), zero-initialized mean layer
+  for ours; the sparse reward plus the dense ``align`` cost floored at -1. Every run builds a fresh
+  ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
   32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
   480k env steps (``--steps``; the recipe's 3M-step run evaluated 56% at 480k), 100 evaluation episodes. Ours steps
@@ -164,8 +164,7 @@ def residual_setup(base: Path, quick: bool, steps: int | None, n_envs: int | Non
     # The recipe that takes PegInsert's base to >= 95% (residual_success.py), read through train-residual's own
     # config, so that the comparison runs the settings we train with. The fairness settings come on top in main().
     recipe: TrainResidualConfig = compose_config("train-residual", TrainResidualConfig, RECIPE_OVERRIDES)
-    # SB3 always learns its std, so ours learns it too (the recipe keeps it fixed): the same hyperparameters.
-    residual, ppo = replace(recipe.residual, learn_std=True), recipe.ppo
+    residual, ppo = recipe.residual, recipe.ppo
     if quick:
         residual = replace(residual, hidden_dims=[16])
     n_envs = n_envs or (2 if quick else recipe.n_envs)
