@@ -157,7 +157,8 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         selection = f"softmax(Q / {temperature:g})" if temperature else "argmax Q"
         rows.append((f"V-GPS steering: success vs sampled chunks (n=1 unsteered; {selection}), {episodes} episodes "
                      f"each (commit {r['commit']})", "; ".join(f"{name} {curve(case)}" for name, case in cases.items()),
-                     "+5 points for every base at one n", _status(r["targets"]), _command("vgps")))
+                     "+5 points for the diffusion and the ACT base of 2 tasks at one n", _status(r["targets"]),
+                     _command("vgps")))
     if (r := _load("sysid")) is not None:
         f = r["figures"]
         value = "; ".join(

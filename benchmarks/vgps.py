@@ -84,13 +84,16 @@ BASES: dict[str, dict[str, Base]] = {
     "Lift": {"diffusion": Base(None, ("train.steps=3000", "policy.n_action_steps=4")), "act": Base(0.2, ACT)},
     "PushAround": {"diffusion": Base(0.05, ("train.steps=10000", "policy.n_action_steps=4")),
                    "act": Base(0.05, ACT)},
+    "FetchPush-v4": {"diffusion": Base(None, ("train.steps=3000", "policy.n_action_steps=4")), "act": Base(0.2, ACT)},
 }
+#: The issue's target: every base of this many tasks gains >= MIN_GAIN at one common n.
+MIN_TASKS = 2
 #: Actions executed per query at evaluation: the candidate's first, the one the critic scored.
 STEERED_ACTION_STEPS = 1
 
 
 def extra_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", default=",".join(BASES))
+    parser.add_argument("--tasks", default=",".join(BASES))  # results accumulate: --tasks runs only those
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--samples", default="1,4,16", help="numbers of sampled chunks (1 = unsteered)")
     parser.add_argument("--critic-steps", type=int, default=30_000, help="IQL updates of each task's critic")
@@ -193,7 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     def gain(case: dict[str, Any], n: str) -> float:
         return case["curve"][n]["success_rate"] - case["curve"]["1"]["success_rate"]
 
-    best_n = max(common, key=lambda n: min(gain(c, n) for c in cases.values())) if common else None
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for case in cases.values():
+        by_task.setdefault(case["task"], []).append(case)
+
+    def passing_tasks(n: str) -> list[str]:
+        """Tasks each of whose bases (diffusion and ACT) gains >= MIN_GAIN at n."""
+        return [t for t, bases in by_task.items() if len(bases) == len(BASES.get(t, bases))
+                and all(gain(c, n) >= MIN_GAIN for c in bases)]
+
+    # The n at which most tasks pass, then the one with the largest smallest gain over those tasks' bases.
+    best_n = max(common, key=lambda n: (len(passing_tasks(n)),
+                                        min((gain(c, n) for t in passing_tasks(n) for c in by_task[t]),
+                                            default=0.0))) if common else None
     rows = [(name, *(format_rate(c["curve"][str(n)]["successes"], c["episodes"]) if str(n) in c["curve"] else "-"
                      for n in samples)) for name, c in cases.items()]
     table = "\n\n".join([
@@ -201,19 +216,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"drawn by softmax(Q / {args.temperature:g}) (0: argmax); critics: IQL on each task's `mixed` tier; best "
         f"common n: {best_n}:",
         markdown_table(["base", *(f"n={n}" for n in samples)], rows)])
-    targets: list[Target] = []
+    targets: list[Target] = [target(f"evaluated[{name}]", len(case["curve"]) > 1, "==", True)
+                             for name, case in cases.items()]
+    # Each base's best gain, reported; the issue's target is the task-level one below.
+    best_gains = {}
     for name, case in cases.items():
         best = max((n for n in case["curve"] if n != "1"), key=lambda n: gain(case, n), default=None)
-        if args.quick or best is None:
-            targets.append(target(f"evaluated[{name}]", best is not None, "==", True))
-            continue
-        targets.append(target(f"steering_gain[{name}]", round(gain(case, best), 3), ">=", MIN_GAIN,
-                              f"best n={best}: {pct(case['curve']['1']['success_rate'])} -> "
-                              f"{pct(case['curve'][best]['success_rate'])}"))
+        if best is not None:
+            best_gains[name] = {"n": best, "gain": round(gain(case, best), 3),
+                                "detail": f"{pct(case['curve']['1']['success_rate'])} -> "
+                                          f"{pct(case['curve'][best]['success_rate'])}"}
     if best_n is not None and not args.quick:
-        targets.append(target("steering_gain_at_best_common_n", round(min(gain(c, best_n) for c in cases.values()), 3),
-                              ">=", MIN_GAIN, f"n={best_n}, the smallest gain over {len(cases)} bases"))
-    figures = {"cases": cases, "samples": samples, "temperature": args.temperature, "best_common_n": best_n}
+        passing = passing_tasks(best_n)
+        targets.append(target("tasks_where_every_base_gains_at_best_common_n", len(passing), ">=", MIN_TASKS,
+                              f"n={best_n}: {', '.join(passing) or 'none'} (of {', '.join(by_task)}); gains "
+                              + ", ".join(f"{name} {100 * gain(c, best_n):+.0f}" for name, c in cases.items())))
+    figures = {"cases": cases, "samples": samples, "temperature": args.temperature, "best_common_n": best_n,
+               "best_gain_per_base": best_gains}
     return finish(NAME, figures, targets, table, quick=args.quick)
 
 
