@@ -75,6 +75,10 @@ EVAL_SEED = 400_000
 #: small kl_weight that keeps its latent (see above) and the mse loss (see ``ACTConfig.loss``).
 ACT = ("train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
        "policy.n_action_steps=4", "policy.kl_weight=0.001", "policy.loss=mse")
+#: ACT with dropout 0 and lr 3e-4: on FetchPush-v4 (noise 0.2) it scored 58% (z = 0, 4 actions per chunk) and 62%
+#: (sampled z, one action per query) over 50 episodes, against 6% and 4% with ``ACT``. Its encoder memory is two
+#: tokens (latent and state), and dropping attention to one of them makes the target noisy. Lift's base predates it.
+ACT_NO_DROPOUT = (*ACT[:2], "train.optimizer.lr=3e-4", *ACT[3:], "policy.dropout=0")
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,9 @@ class Base:
 BASES: dict[str, dict[str, Base]] = {
     "Lift": {"diffusion": Base(None, ("train.steps=3000", "policy.n_action_steps=4")), "act": Base(0.2, ACT)},
     "PushAround": {"diffusion": Base(0.05, ("train.steps=10000", "policy.n_action_steps=4")),
-                   "act": Base(0.05, ACT)},
-    "FetchPush-v4": {"diffusion": Base(0.2, ("train.steps=10000", "policy.n_action_steps=4")), "act": Base(0.2, ACT)},
+                   "act": Base(0.05, ACT_NO_DROPOUT)},
+    "FetchPush-v4": {"diffusion": Base(0.2, ("train.steps=10000", "policy.n_action_steps=4")),
+                     "act": Base(0.2, ACT_NO_DROPOUT)},
 }
 #: The issue's target: every base of this many tasks gains >= MIN_GAIN at one common n.
 MIN_TASKS = 2
