@@ -32,8 +32,11 @@ cloned from clean expert demonstrations sample nearly the same chunk every time,
   cloned from its ``medium`` tier (noise 0.2) succeeded 0/20 times. Its expert goes left or right of the obstacle
   by a coin flip the state does not show, which ACT's regression (at z = 0 or from the prior) cannot represent.
 * FetchPush-v4, both: noise 0.2 (85% succeed). From its ``medium`` tier (noise 0.4) at 3000 steps the diffusion
-  base scored 3% at every n. Both bases are weak here (6% and 1% unsteered, 14% and 6% with their own chunked
-  evaluation over 50 episodes): 200 demonstrations of pushing to a random goal are too few for them.
+  base scored 3% at every n; from noise 0.2 at 10000 steps, 6/8/6% at n=1/4/16 (14% over 50 episodes with its own
+  4 actions per chunk). ACT with ``ACT_NO_DROPOUT`` scores 65/66/55%: a good base that the critic does not improve.
+
+PushAround's and FetchPush's ACT bases train with ``ACT_NO_DROPOUT`` (dropout 0, lr 3e-4): with ``ACT`` the
+FetchPush base scored 1/4/5%. On PushAround it did not help (0/1/1%, against 0/0/0%).
 
 ACT trains with ``kl_weight=0.001``: the reconstruction loss is a mean over the chunk's Tp x Da entries and the KL
 a sum over the latent, so at larger weights encoding one noisy action costs more than it saves; the latent
