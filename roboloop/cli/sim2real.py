@@ -186,18 +186,20 @@ class Sim2RealConfig:
     and that divergence swamps the effect of the parameters. ``probe_episodes=0`` identifies from the deployed
     policy's episodes instead.
     Each iteration then trains the residual further in the identified simulation with randomization around it
-    (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are
-    set per iteration) and deploys the result. With ``hold_for_latency`` (the default) that retraining and the
-    deployment after it run with the env's ``hold_steps`` set to the identified action latency: the policy decides
-    every ``1 + latency`` control steps and holds in between, so its command has taken effect before it observes
-    again. A policy trained at full rate fails under a latency it does not know (the real proxy's one step of
-    latency takes the nominal PegInsert residual from 92% to 18% in simulation) and PPO under that latency at full
-    rate stalls near 40%, while the same policy holding every other step keeps about 85% before any retraining. The
-    time limit stays in control steps, so holding gets no more time. The loop stops after ``iterations``
-    retrainings, when the real budget is spent, or when a deployment reaches ``target_success``. Everything the
-    real proxy saw is in ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success,
-    the success in the identified simulation and the identified parameters, and ``sim2real_success.png`` plots
-    real success against real episodes used. A killed run continues with ``resume=true``.
+    (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are set
+    per iteration) and deploys its best checkpoint; the config sets ``train.ppo.eval_at_start``, so the policy it
+    continues competes for that checkpoint and a retraining that did worse in the identified simulation deploys its
+    start again. With ``hold_for_latency`` (the default) that retraining and the deployment after it run with the
+    env's ``hold_steps`` set to the identified action latency: the policy decides every ``1 + latency`` control
+    steps and holds in between, so its command has taken effect before it observes again. A policy trained at full
+    rate fails under a latency it does not know (the real proxy's one step of latency takes the nominal PegInsert
+    residual from 92% to 18% in simulation) and PPO under that latency at full rate stalls near 40%, while the same
+    policy holding every other step keeps about 85% before any retraining. The time limit stays in control steps, so
+    holding gets no more time. The loop stops after ``iterations`` retrainings, when the real budget is spent, or
+    when a deployment reaches ``target_success``. Everything the real proxy saw is in ``real_episodes.hdf5``;
+    ``report.md``/``report.json`` give per iteration the real success, the success in the identified simulation and
+    the identified parameters, and ``sim2real_success.png`` plots real success against real episodes used. A killed
+    run continues with ``resume=true``.
 
     Attributes:
         checkpoint: The policy trained in the nominal simulation.

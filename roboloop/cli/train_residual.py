@@ -184,8 +184,11 @@ def train_residual(cfg: TrainResidualConfig) -> ResidualRunResult:
         for group in envs:
             group.close()
     evaluated = [h for h in result.history if "success_rate" in h]
-    curve = plot_success_curve([0] + [int(h["env_steps"]) for h in evaluated],
-                               [base_success] + [h["success_rate"] for h in evaluated], cfg.eval.n_episodes,
+    # The curve starts from the base (the zero head) unless ppo.eval_at_start measured the starting policy.
+    if not evaluated or evaluated[0]["env_steps"] > 0:
+        evaluated = [{"env_steps": 0, "success_rate": base_success}, *evaluated]
+    curve = plot_success_curve([int(h["env_steps"]) for h in evaluated],
+                               [h["success_rate"] for h in evaluated], cfg.eval.n_episodes,
                                out_dir / "success_curve.png", title=f"residual PPO on {task}",
                                reference=("base", base_success))
     return ResidualRunResult(base_success, result, curve)

@@ -58,8 +58,8 @@ EvaluateFn = Callable[[Actor, int], dict[str, float]]  # (actor, iteration) -> m
 SavePolicyFn = Callable[[Path], None]  # writes the policy's checkpoint files into an existing directory
 
 # Config fields a resumed run may change: they do not alter what the run computes.
-RESUMABLE_CHANGES = ("total_env_steps", "device", "log_every", "checkpoint_every", "eval_every", "resume",
-                     "progress")
+RESUMABLE_CHANGES = ("total_env_steps", "device", "log_every", "checkpoint_every", "eval_every", "eval_at_start",
+                     "resume", "progress")
 
 
 @dataclass
@@ -125,6 +125,10 @@ class PPOConfig:
     """Iterations between ``last`` checkpoints (and at the end)."""
     eval_every: int = 0
     """Iterations between evaluations (0: only at the end); evaluation needs an ``evaluate_fn``."""
+    eval_at_start: bool = False
+    """Also evaluate the actor before its first update (iteration 0, not on resume), as a candidate for the best
+    checkpoint: a run that continues a trained actor (finetuning it where it does worse) then never ends with a
+    best checkpoint that evaluated worse than where it started."""
     resume: bool = False
     """Continue from ``<out_dir>/checkpoints/last`` if it exists."""
     progress: bool = True
@@ -393,6 +397,8 @@ class PPO:
         last_record: dict[str, float] = {}
         obs: list[np.ndarray] | None = None  # per env group
         try:
+            if cfg.eval_at_start and self.evaluate_fn is not None and iteration == 0:
+                best_score = self._evaluate_for_best(0, 0, best_score, history, writer)
             while iteration < self.num_iterations:
                 # --- seeding: this iteration's sampling noise and minibatch order depend on (seed, iteration)
                 seed_everything(derived_seed(cfg.seed, iteration))
@@ -458,15 +464,7 @@ class PPO:
                 # --- evaluate, best checkpoint
                 if self.evaluate_fn is not None and ((cfg.eval_every and iteration % cfg.eval_every == 0)
                                                      or iteration == self.num_iterations):
-                    metrics = self._evaluate(iteration)
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"eval/{k}", v, env_steps)
-                    history.append({"iteration": iteration, "env_steps": env_steps, **metrics})
-                    score = metrics.get("success_rate")
-                    if score is not None and (best_score is None or score > best_score):
-                        best_score = float(score)
-                        self._save(self.best_dir, iteration, env_steps, best_score, history,
-                                   extra={"success_rate": best_score})
+                    best_score = self._evaluate_for_best(iteration, env_steps, best_score, history, writer)
 
                 # --- checkpoint
                 if iteration % cfg.checkpoint_every == 0 or iteration == self.num_iterations:
@@ -630,6 +628,20 @@ class PPO:
         if tuple(out.log_prob.shape) != (n,):
             raise InputError(f"actor log_prob has shape {tuple(out.log_prob.shape)}, expected ({n},)")
         return out.actor_obs.shape[1], out.actor_action.shape[1]
+
+    def _evaluate_for_best(self, iteration: int, env_steps: int, best_score: float | None,
+                           history: list[dict[str, float]], writer: Any) -> float | None:
+        """Evaluate, log, append to ``history``; save ``best`` when the success rate beats ``best_score``.
+        Returns the best score so far."""
+        metrics = self._evaluate(iteration)
+        for k, v in metrics.items():
+            writer.add_scalar(f"eval/{k}", v, env_steps)
+        history.append({"iteration": iteration, "env_steps": env_steps, **metrics})
+        score = metrics.get("success_rate")
+        if score is not None and (best_score is None or score > best_score):
+            best_score = float(score)
+            self._save(self.best_dir, iteration, env_steps, best_score, history, extra={"success_rate": best_score})
+        return best_score
 
     def _evaluate(self, iteration: int) -> dict[str, float]:
         was_training = self.actor.training

@@ -174,6 +174,29 @@ def test_logs_checkpoints_and_policy_files_land_together(tmp_path: Path) -> None
     assert np.isfinite(result.env_steps_per_second)
 
 
+def test_eval_at_start_keeps_the_starting_actor_as_best_when_training_makes_it_worse(tmp_path: Path) -> None:
+    def evaluate(actor: object, iteration: int) -> dict[str, float]:
+        return {"success_rate": 0.9 - 0.1 * iteration}  # every update evaluates worse than the start
+
+    actor = tiny_actor()
+    start = snapshot(actor)
+    result = PPO(actor, make_envs(max_steps=5), tiny_config(2, eval_every=1, eval_at_start=True), tmp_path,
+                 evaluate_fn=evaluate).learn()
+    assert [(h["iteration"], h["env_steps"]) for h in result.history] == [(0, 0), (1, 20), (2, 40)]
+    assert read_meta(result.best_checkpoint)["success_rate"] == pytest.approx(0.9)
+    best = read_train_state(result.best_checkpoint)
+    assert best["iteration"] == 0
+    for key, value in start.items():
+        torch.testing.assert_close(best["actor"][key], value)
+    assert any(not torch.equal(v, start[k]) for k, v in actor.state_dict().items())  # it did train
+
+    # A resumed run does not evaluate its start again.
+    resumed = PPO(tiny_actor(), make_envs(max_steps=5), tiny_config(3, eval_every=1, eval_at_start=True,
+                                                                     resume=True), tmp_path,
+                  evaluate_fn=evaluate).learn()
+    assert [h["iteration"] for h in resumed.history] == [0, 1, 2, 3]
+
+
 def test_async_vector_env_gives_the_same_run_as_sync(tmp_path: Path) -> None:
     def run(asynchronous: bool) -> list[dict[str, float]]:
         envs = make_envs(max_steps=6, asynchronous=asynchronous)
