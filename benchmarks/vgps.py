@@ -80,15 +80,17 @@ EVAL_SEED = 400_000
 #: small kl_weight that keeps its latent (see above) and the mse loss (see ``ACTConfig.loss``).
 ACT = ("train.steps=6000", "train.batch_size=64", "train.optimizer.lr=1e-4", "train.optimizer.weight_decay=1e-4",
        "policy.n_action_steps=4", "policy.kl_weight=0.001", "policy.loss=mse")
-#: ACT with dropout 0 and lr 3e-4: on FetchPush-v4 (noise 0.2) it scored 58% (z = 0, 4 actions per chunk) and 62%
-#: (sampled z, one action per query) over 50 episodes, against 6% and 4% with ``ACT``. Its encoder memory is two
-#: tokens (latent and state), and dropping attention to one of them makes the target noisy. Lift's base predates it.
+
+
 def overridden(overrides: tuple[str, ...], *changes: str) -> tuple[str, ...]:
     """``overrides`` with each ``key=value`` of ``changes`` replacing the one of its key (or appended)."""
     keys = {c.split("=", 1)[0] for c in changes}
     return (*(o for o in overrides if o.split("=", 1)[0] not in keys), *changes)
 
 
+#: ACT with dropout 0 and lr 3e-4: on FetchPush-v4 (noise 0.2) it scored 58% (z = 0, 4 actions per chunk) and 62%
+#: (sampled z, one action per query) over 50 episodes, against 6% and 4% with ``ACT``. Its encoder memory is two
+#: tokens (latent and state), and dropping attention to one of them makes the target noisy. Lift's base predates it.
 ACT_NO_DROPOUT = overridden(ACT, "train.optimizer.lr=3e-4", "policy.dropout=0")
 
 
