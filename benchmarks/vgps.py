@@ -49,9 +49,8 @@ latent kept for a whole episode: 0%). Trained 8000 steps and evaluated over 50 e
 where measured), by kl_weight, with the KL at the end of training: 0.002 (KL 2.9): 10%; 0.004 (KL 1.06):
 30/30/36%; 0.01 (KL 0.018): 36/34%; 0.1 (KL 0.00002): 36/34%. From 0.01 up the latent has collapsed, the
 candidates are one chunk and steering cannot help; of the weights tried, 0.004 is the largest that keeps a spread.
-ACT trains with ``loss=mse`` (see ``ACTConfig.loss``): with L1
-both ACT bases scored 0%.
-ACT's mean latent (z = 0) scores 0% on Lift: its chunks are sampled from the prior.
+ACT trains with ``loss=mse`` (see ``ACTConfig.loss``): with L1 both ACT bases scored 0%. ACT's mean latent (z = 0)
+scores 0% on Lift: its chunks are sampled from the prior.
 
 * ``Lift``, ``PushAround`` and ``FetchPush-v4``, each with a diffusion and an ACT base.
 
