@@ -7,7 +7,11 @@ In one run:
    after each deployment 5 identification probes run on the proxy (the settling scripted expert); each iteration
    identifies the proxy from the probes so far, continues the residual in the identified simulation and deploys it
    again (20 real episodes per deployment; 3 iterations: 95 real episodes in all). Retraining and deployment run
-   with ``hold_steps`` = the identified latency (``hold_for_latency``, the default);
+   with ``hold_steps`` = the identified latency (``hold_for_latency``, the default). The nominal policy never held,
+   so the first retraining re-clones it (``reclone``, the default): 200 expert demonstrations in the identified
+   simulation at that rate and 3x PegInsert's action scale, BC with the nominal base's policy config and the
+   PegInsert preset's recipe, and a new residual on that base with ``residual_success.py``'s PegInsert recipe (3M
+   env steps) from a zero head; later iterations continue that residual;
 2. the nominal policy and the loop's final policy are each evaluated on the same ``--eval-episodes`` further
    real-proxy episodes (measurement only: these do not train anything), side by side;
 3. every identification is scored against the proxy's hidden truth (``reveal_parameters``, benchmark-only).
@@ -41,7 +45,9 @@ QUICK = ["iterations=1", "episodes_per_iteration=3", "probe_episodes=3", "real_b
          "identification.max_evaluations=16", "identification.popsize=4", "identification.rounds=1",
          "identification.min_steps=60", "train.n_envs=2", "train.ppo.n_steps=10", "train.ppo.total_env_steps=40",
          "train.ppo.eval_every=1", "train.eval.n_episodes=2", "train.reward_shaping=0",
-         "train.reward_shaping_terms=null"]
+         "train.reward_shaping_terms=null", "reclone.n_demos=2", "reclone.bc.steps=2", "reclone.bc.batch_size=4",
+         "reclone.bc_eval_episodes=2", "reclone.ppo.n_steps=10", "reclone.ppo.total_env_steps=40",
+         "reclone.ppo.eval_every=1"]
 MAX_MINUTES = 120.0
 
 

@@ -296,11 +296,11 @@ def _policy_row(name: str, result: Any, checkpoint: Path) -> str:
 def _quickstart_residual(cfg: QuickstartConfig, base: Path, eval_cfg: Any, out: Path) -> tuple[list[str], list[str]]:
     """Residual PPO on the BC checkpoint ``base``; its evaluation on the same episodes. Returns the report's
     table rows and lines (the success curve, the videos)."""
-    from roboloop.cli.train_residual import TrainResidualConfig, _residual_ppo, train_residual
+    from roboloop.cli.train_residual import TrainResidualConfig, residual_ppo_defaults, train_residual
     from roboloop.core.policy import Policy
     from roboloop.envs.evaluation import evaluate, write_eval_outputs
 
-    ppo = replace(_residual_ppo(), total_env_steps=cfg.residual_env_steps, eval_every=cfg.residual_eval_every,
+    ppo = replace(residual_ppo_defaults(), total_env_steps=cfg.residual_env_steps, eval_every=cfg.residual_eval_every,
                   seed=cfg.seed, resume=True, progress=True)
     run = train_residual(TrainResidualConfig(base=str(base), n_envs=cfg.n_envs, ppo=ppo, out_dir=str(out / "residual"),
                                              eval=replace(eval_cfg, video=False)))

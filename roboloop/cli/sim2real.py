@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from roboloop.cli.reclone import RecloneConfig, reclone_base
 from roboloop.cli.train_residual import TrainResidualConfig, train_residual
 from roboloop.core.checkpoint import load_policy, read_meta, read_policy_config
 from roboloop.core.errors import ConfigError
@@ -197,11 +198,16 @@ class Sim2RealConfig:
     stays near 40% for 960k env steps; a latency-aware head trained from zero evaluated at most 18% within 1.15M), while
     the same policy holding every other step keeps about 85% before any retraining. The time limit stays in control
     steps, so holding gets no more time (holding at the nominal action scale, even the scripted expert times out in 10
-    of 40 proxy episodes). The loop stops after ``iterations`` retrainings, when the real budget is spent, or when a
-    deployment reaches ``target_success``. Everything the real proxy saw is in ``real_episodes.hdf5``;
-    ``report.md``/``report.json`` give per iteration the real success, the success in the identified simulation and the
-    identified parameters, and ``sim2real_success.png`` plots real success against real episodes used. A killed run
-    continues with ``resume=true``.
+    of 40 proxy episodes). So the first retraining that must hold a policy trained at another rate re-clones it
+    (``reclone``, on by default): the scripted expert demonstrates in the identified simulation at that rate with
+    ``reclone.max_delta_pos_factor`` times the action scale, a new base is cloned from those demonstrations with the old
+    base's policy config, and a new residual is trained on it from a zero head (``reclone.residual``, ``reclone.ppo``;
+    the rest of ``train`` as above); later iterations continue that residual. The deployment runs at the same action
+    scale (the checkpoint's ``env_kwargs.max_delta_pos``). The loop stops after ``iterations`` retrainings, when the
+    real budget is spent, or when a deployment reaches ``target_success``. Everything the real proxy saw is in
+    ``real_episodes.hdf5``; ``report.md``/``report.json`` give per iteration the real success, the success in the
+    identified simulation and the identified parameters, and ``sim2real_success.png`` plots real success against real
+    episodes used. A killed run continues with ``resume=true``.
 
     Attributes:
         checkpoint: The policy trained in the nominal simulation.
@@ -216,6 +222,7 @@ class Sim2RealConfig:
         target_success: Stop once a deployment's success reaches this.
         identification: How each identification searches.
         train: The retraining (residual PPO) settings.
+        reclone: The re-clone of a policy that must hold (demonstrations, BC, the new residual's PPO).
         seed: Real episode starts: deployment ``i`` episode ``k`` resets with ``seed * 1_000_003 + 1000 i + k``.
         resume: Continue a killed run in ``out_dir``.
         out_dir: Output directory (``{task}`` is filled in).
@@ -233,6 +240,7 @@ class Sim2RealConfig:
     target_success: float = 0.9
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
     train: TrainResidualConfig = field(default_factory=TrainResidualConfig)
+    reclone: RecloneConfig = field(default_factory=RecloneConfig)
     seed: int = 0
     resume: bool = False
     out_dir: str = "outputs/sim2real/{task}"
@@ -254,6 +262,15 @@ def _real_episodes_logged(path: Path) -> int:
         return 0
     with EpisodeStore(path) as store:
         return len(store)
+
+
+def _max_delta_pos(task: str, env_kwargs: dict[str, Any]) -> float:
+    """The position action scale of ``task``'s env under ``env_kwargs`` (metres per full-scale action)."""
+    env = gym.make(task_info(task).env_id, **env_kwargs)
+    try:
+        return float(env.unwrapped.max_delta_pos)
+    finally:
+        env.close()
 
 
 def run_sim2real(cfg: Sim2RealConfig) -> int:
@@ -324,19 +341,35 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
             ident = identify(task, episodes, cfg.identification, env_kwargs=probe_kwargs)
             ident.save(ident_path)
         ranges = ident.randomization(cfg.identification)
-        is_residual = read_policy_config(checkpoint)[0] == ResidualPolicy.name
-        start_from = {"init": checkpoint, "base": None} if is_residual else {"base": checkpoint, "init": None}
+        training_dir = out / f"iteration{it + 1}"
         env_kwargs: dict[str, Any] = {**cfg.train.env_kwargs, "randomization": ranges}
         if cfg.hold_for_latency:
             env_kwargs["hold_steps"] = ident.action_latency_steps
-        train_cfg = replace(cfg.train, **start_from, out_dir=str(out / f"iteration{it + 1}"), env_kwargs=env_kwargs,
-                            ppo=replace(cfg.train.ppo, resume=True))
+        trained_at = read_meta(checkpoint).get("env_kwargs", {}).get("hold_steps", 0)
+        reclone: dict[str, Any] = {}
+        if cfg.reclone.enabled and env_kwargs.get("hold_steps", 0) > 0 and trained_at != env_kwargs["hold_steps"]:
+            # A policy that must now hold gets a new base, cloned at that rate and a larger action scale, and a new
+            # residual trained on it from a zero head (see RecloneConfig).
+            env_kwargs["max_delta_pos"] = cfg.reclone.max_delta_pos_factor * _max_delta_pos(task, probe_kwargs)
+            base, bc_success = reclone_base(checkpoint, task, env_kwargs, cfg.reclone, training_dir / "bc",
+                                            seed=10_000_000 + 1000 * cfg.seed)
+            reclone = {"base": str(base), "bc_success": bc_success, "demos": cfg.reclone.n_demos,
+                       "max_delta_pos": env_kwargs["max_delta_pos"]}
+            train_cfg = replace(cfg.train, base=str(base), init=None, residual=cfg.reclone.residual,
+                                ppo=replace(cfg.reclone.ppo, resume=True), out_dir=str(training_dir),
+                                env_kwargs=env_kwargs)
+        else:
+            is_residual = read_policy_config(checkpoint)[0] == ResidualPolicy.name
+            start_from = {"init": checkpoint, "base": None} if is_residual else {"base": checkpoint, "init": None}
+            train_cfg = replace(cfg.train, **start_from, out_dir=str(training_dir), env_kwargs=env_kwargs,
+                                ppo=replace(cfg.train.ppo, resume=True))
         run = train_residual(train_cfg)
         evaluated = [h["success_rate"] for h in run.ppo.history if "success_rate" in h]
         # What the next iteration's policy was trained on, and how it did in that simulation.
         state["trainings"][str(it + 1)] = {"identification": {**ident.simulation(), "identifiable": ident.identifiable},
                                            "hold_steps": env_kwargs.get("hold_steps", 0),
-                                           "sim_success": max(evaluated) if evaluated else None}
+                                           "sim_success": max(evaluated) if evaluated else None,
+                                           **({"reclone": reclone} if reclone else {})}
         write_json(state_path, state)
     text = _sim2real_report(state, cfg)
     with atomic_path(out / "report.md") as tmp:
@@ -356,6 +389,11 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
                             if k.endswith("_scale"))
         latency = (f"latency {ident['action_latency_steps']}, noise {ident['obs_noise_std']:.2g}; decides every "
                    f"{1 + entry.get('hold_steps', 0)} control steps") if ident else ""
+        reclone = entry.get("reclone")
+        if reclone:
+            bc = reclone["bc_success"]
+            latency += (f"; re-cloned at max_delta_pos {reclone['max_delta_pos']:.3g} from {reclone['demos']} expert "
+                        f"demonstrations (BC {'-' if bc is None else f'{100 * bc:.0f}%'} there), new residual")
         sim = entry.get("sim_success")
         rows.append(f"| {entry['iteration']} | {format_rate(entry['real_successes'], entry['real_episodes'])} | "
                     f"{entry['real_episodes_total']} | {'' if sim is None else f'{100 * sim:.0f}%'} | "

@@ -25,7 +25,7 @@ from roboloop.utils.io import write_json
 logger = logging.getLogger(__name__)
 
 
-def _residual_ppo() -> PPOConfig:
+def residual_ppo_defaults() -> PPOConfig:
     """ResiP's PPO settings (``base_residual_rl.yaml``) scaled to a 2-core CPU: episodic rollouts (every
     iteration resets all envs and runs one episode's worth of steps), a critic learning rate well above the
     actor's, KL early stopping, reward normalization, no entropy bonus, a critic warm-up."""
@@ -87,7 +87,7 @@ class TrainResidualConfig:
     task: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
-    ppo: PPOConfig = field(default_factory=_residual_ppo)
+    ppo: PPOConfig = field(default_factory=residual_ppo_defaults)
     n_envs: int = 8
     vectorization: str = "sync"
     reward_shaping: float = 0.0

@@ -58,35 +58,60 @@ def tiny_residual(tiny_bc: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out / "checkpoints" / "last"
 
 
+#: The re-clone, tiny: a few demonstrations, BC steps and PPO iterations.
+RECLONE = ["reclone.n_demos=2", "reclone.bc.steps=2", "reclone.bc.batch_size=4", "reclone.bc.checkpoint_every=1",
+           "reclone.bc.eval_every=0", "reclone.bc.device=cpu", "reclone.bc_eval_episodes=1",
+           "reclone.residual.hidden_dims=[16]", "reclone.ppo.n_steps=10", "reclone.ppo.n_minibatches=2",
+           "reclone.ppo.n_epochs=2", "reclone.ppo.critic_warmup_iterations=1", "reclone.ppo.checkpoint_every=1",
+           "reclone.ppo.eval_every=2", "reclone.ppo.total_env_steps=20"]
+
+
 def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "loop"
-    args = [str(tiny_residual), "iterations=1", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=9",
-            f"out_dir={out}", *SMALL[2:], *(f"train.{o}" for o in RESIDUAL), "train.reward_shaping=0",
-            "train.reward_shaping_terms=null", "train.ppo.total_env_steps=20"]
+    args = [str(tiny_residual), "iterations=2", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=15",
+            "target_success=1", f"out_dir={out}", *SMALL[2:], *(f"train.{o}" for o in RESIDUAL),
+            "train.reward_shaping=0", "train.reward_shaping_terms=null", "train.ppo.total_env_steps=20", *RECLONE]
     assert main(["sim2real", *args]) == 0
     text = capsys.readouterr().out
-    assert "iteration 0: real success" in text and "iteration 1: real success" in text
+    assert all(f"iteration {i}: real success" in text for i in range(3))
     report = json.loads((out / "report.json").read_text())
-    assert [e["iteration"] for e in report["iterations"]] == [0, 1]
-    assert report["iterations"][0]["probe_episodes"] == 3 and report["iterations"][1]["real_episodes_total"] == 9
+    assert [e["iteration"] for e in report["iterations"]] == [0, 1, 2]
+    assert report["iterations"][0]["probe_episodes"] == 3 and report["iterations"][2]["real_episodes_total"] == 15
     assert report["iterations"][1]["checkpoint"] == str(out / "iteration1" / "checkpoints" / "best")
     assert set(report["trainings"]["1"]["identification"]) >= {"actuator_gain_scale", "action_latency_steps"}
     with EpisodeStore(out / "real_episodes.hdf5") as store:
         assert [store.attrs(i)["policy_id"] for i in range(len(store))] == (
-            ["iteration0"] * 3 + ["sysid-probe"] * 3 + ["iteration1"] * 3)
+            ["iteration0"] * 3 + ["sysid-probe"] * 3 + ["iteration1"] * 3 + ["sysid-probe"] * 3 + ["iteration2"] * 3)
     assert (out / "report.md").exists() and (out / "sim2real_success.png").stat().st_size > 0
-    # The retraining ran in the identified simulation.
+    # The retraining ran in the identified simulation ...
     meta = json.loads((out / "iteration1" / "checkpoints" / "last" / "meta.json").read_text())
     assert "actuator_gain_scale" in meta["env_kwargs"]["randomization"]
-    # ... at the identified latency's rate, which its deployment used too (hold_for_latency).
+    # ... at the identified latency's rate (the proxy's is 1 or 2 steps), which its deployment used too.
     latency = report["trainings"]["1"]["identification"]["action_latency_steps"]
-    assert meta["env_kwargs"]["hold_steps"] == report["trainings"]["1"]["hold_steps"] == latency
+    assert meta["env_kwargs"]["hold_steps"] == report["trainings"]["1"]["hold_steps"] == latency > 0
+    # The nominal policy never held, so the first retraining re-cloned it: expert demonstrations in the identified
+    # simulation at 3x Lift's action scale, a BC base with the old base's config, a new residual on that base.
+    reclone = report["trainings"]["1"]["reclone"]
+    assert meta["env_kwargs"]["max_delta_pos"] == reclone["max_delta_pos"] == pytest.approx(3 * 0.03)
+    with EpisodeStore(out / "iteration1" / "bc" / "demos.hdf5") as demos:
+        assert len(demos) == 2 and all(demos.attrs(i)["success"] for i in range(2))
+        assert demos.env_args["env_kwargs"]["hold_steps"] == latency
+    assert meta["base_checkpoint"] == reclone["base"] and meta["init"] is None
+    old_base = json.loads((tiny_residual / "base" / "config.json").read_text())["config"]
+    assert json.loads((Path(reclone["base"]) / "config.json").read_text())["config"] == old_base
+    # A policy that already holds at that rate is continued: the second retraining started from the first's.
+    meta2 = json.loads((out / "iteration2" / "checkpoints" / "last" / "meta.json").read_text())
+    if report["trainings"]["2"]["hold_steps"] == latency:
+        assert "reclone" not in report["trainings"]["2"]
+        assert meta2["init"] == str(out / "iteration1" / "checkpoints" / "best")
+        assert meta2["env_kwargs"]["max_delta_pos"] == reclone["max_delta_pos"]
+    assert "re-cloned at max_delta_pos" in (out / "report.md").read_text()
 
     # A finished run resumes to nothing new; a rerun without resume is refused.
     assert main(["sim2real", *args, "resume=true"]) == 0
     with EpisodeStore(out / "real_episodes.hdf5") as store:
-        assert len(store) == 9
+        assert len(store) == 15
     assert main(["sim2real", *args]) == 2
     assert "resume=true" in capsys.readouterr().err
 

@@ -44,6 +44,9 @@ def test_the_sim2real_preset_sets_the_retraining_and_keeps_it_typed() -> None:
     cfg = compose_config("sim2real", cmd.schema(), ["checkpoint=x", "train.ppo.total_env_steps=1000"])
     assert type(cfg.train).__name__ == "TrainResidualConfig" and cfg.train.reward_shaping_mode == "dense"
     assert cfg.train.ppo.total_env_steps == 1000 and cfg.train.ppo.n_steps == 150
+    # The re-clone's recipe is PegInsert's from-scratch one, typed too.
+    assert type(cfg.reclone.bc).__name__ == "TrainConfig" and cfg.reclone.bc.steps == 10000
+    assert cfg.reclone.residual.scale == 0.25 and cfg.reclone.ppo.total_env_steps == 3_000_000
 
 
 def test_registry_membership_and_lookup_errors() -> None:
