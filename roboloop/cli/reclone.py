@@ -17,7 +17,7 @@ from typing import Any
 
 from roboloop.cli.train_bc import TrainBCConfig, train_bc
 from roboloop.cli.train_residual import residual_ppo_defaults
-from roboloop.core.checkpoint import checkpoint_exists, read_policy_config
+from roboloop.core.checkpoint import read_policy_config
 from roboloop.core.config import config_from_dict
 from roboloop.core.errors import ConfigError
 from roboloop.datasets.collection import CollectConfig, collect
@@ -40,8 +40,8 @@ class RecloneConfig:
         max_delta_pos_factor: The re-cloned policy's position action scale, as a multiple of the task's
             ``max_delta_pos`` (a real arm's controller is given it with ``hold_steps``, from the checkpoint's
             env_kwargs). On the real proxy's PegInsert (latency 1, holding every other step) the expert succeeds in
-            17/20 episodes in 128 control steps at 1x, 20/20 in 73 at 2x and 20/20 in 61 at 3x; a base cloned at 4x
-            makes cloning errors twice as large in metres and its residual learned slower than at 3x.
+            17/20 episodes in 128 control steps at 1x, 20/20 in 73 at 2x and 20/20 in 61 at 3x. A larger
+            scale makes cloning errors larger in metres: a residual on a base cloned at 4x learned slower than at 3x.
         n_demos: Successful expert demonstrations collected in the identified simulation.
         bc: The new base's behavior-cloning optimization (its policy config is the old base's).
         bc_eval_episodes: Episodes of each BC evaluation in the identified simulation (keeps the ``best``).
@@ -93,6 +93,6 @@ def reclone_base(checkpoint: str | Path, task: str, env_kwargs: dict[str, Any], 
     result = train_bc(TrainBCConfig(task=task, policy=policy, dataset=str(demos), env_kwargs=env_kwargs,
                                     out_dir=str(out_dir), train=replace(cfg.bc, resume=True),
                                     eval=EvalConfig(n_episodes=cfg.bc_eval_episodes, seed=seed + 500_000)))
-    best = result.best_checkpoint
-    return (best, result.best_success) if best is not None and checkpoint_exists(best) else (result.last_checkpoint,
-                                                                                             None)
+    if result.best_checkpoint is not None:  # set only when a best checkpoint was saved
+        return result.best_checkpoint, result.best_success
+    return result.last_checkpoint, None
