@@ -41,7 +41,7 @@ from roboloop.sim2real.real_robot import HIDDEN_SCALES, proxy_env_kwargs
 
 NOMINAL = REPO_ROOT / "outputs" / "bench" / "residual_PegInsert" / "checkpoints" / "best"
 QUICK_NOMINAL = REPO_ROOT / "outputs" / "bench_quick" / "Lift_diffusion" / "checkpoints" / "last"
-QUICK = ["iterations=1", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=9",
+QUICK = ["iterations=1", "episodes_per_iteration=3", "confirm_episodes=2", "probe_episodes=3", "real_budget=9",
          "identification.max_evaluations=16", "identification.popsize=4", "identification.rounds=1",
          "identification.min_steps=60", "train.n_envs=2", "train.ppo.n_steps=10", "train.ppo.total_env_steps=40",
          "train.ppo.eval_every=1", "train.eval.n_episodes=2", "train.reward_shaping=0",

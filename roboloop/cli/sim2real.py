@@ -20,6 +20,7 @@ from roboloop.core.errors import ConfigError
 from roboloop.core.metrics import format_rate, wilson_interval
 from roboloop.datasets.store import EpisodeStore
 from roboloop.envs import task_info
+from roboloop.envs.evaluation import EvalConfig, evaluate
 from roboloop.residual_rl import ResidualPolicy
 from roboloop.sim2real.deploy import deploy, run_episodes
 from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
@@ -190,9 +191,12 @@ class Sim2RealConfig:
     (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are set
     per iteration) and deploys its best checkpoint; the config sets ``train.ppo.eval_at_start``, so the policy it
     continues competes for that checkpoint and a retraining that did worse in the identified simulation deploys its
-    start again. With ``hold_for_latency`` (the default) that retraining and the deployment after it run with the
-    env's ``hold_steps`` set to the identified action latency: the policy decides every ``1 + latency`` control
-    steps and holds in between, so its command has taken effect before it observes again. A policy trained at full rate
+    start again. The ``best`` checkpoint is the maximum of many noisy evaluations, which overstates it: with
+    ``confirm_episodes``, ``best`` and ``last`` are evaluated again on that many further episodes of the identified
+    simulation and the one that does better there is deployed (and continued by the next iteration).
+    With ``hold_for_latency`` (the default) that retraining and the deployment after it run with the env's
+    ``hold_steps`` set to the identified action latency: the policy decides every ``1 + latency`` control steps and
+    holds in between, so its command has taken effect before it observes again. A policy trained at full rate
     fails under a latency it does not know (the real proxy's one step of latency takes the nominal PegInsert residual
     from 92% to 18% in simulation) and PPO at full rate under that latency learns slowly (continuing that residual it
     stays near 40% for 960k env steps; a latency-aware head trained from zero evaluated at most 18% within 1.15M), while
@@ -220,6 +224,8 @@ class Sim2RealConfig:
         hold_for_latency: Retrain and deploy with ``hold_steps`` = the identified action latency (see above).
         identification_episodes: Identify from at most this many of the latest probe (or real) episodes.
         target_success: Stop once a deployment's success reaches this.
+        confirm_episodes: Episodes of the identified simulation on which each retraining's ``best`` and ``last``
+            are evaluated again to choose the one deployed (0: deploy ``best``).
         identification: How each identification searches.
         train: The retraining (residual PPO) settings.
         reclone: The re-clone of a policy that must hold (demonstrations, BC, the new residual's PPO).
@@ -238,6 +244,7 @@ class Sim2RealConfig:
     hold_for_latency: bool = True
     identification_episodes: int = 40
     target_success: float = 0.9
+    confirm_episodes: int = 100
     identification: IdentificationConfig = field(default_factory=IdentificationConfig)
     train: TrainResidualConfig = field(default_factory=TrainResidualConfig)
     reclone: RecloneConfig = field(default_factory=RecloneConfig)
@@ -251,8 +258,9 @@ class Sim2RealConfig:
         if min(self.iterations, self.episodes_per_iteration, self.real_budget, self.identification_episodes) < 1:
             raise ConfigError("sim2real iterations, episodes_per_iteration, real_budget and identification_episodes "
                               "must be >= 1")
-        if self.probe_episodes < 0:
-            raise ConfigError(f"sim2real probe_episodes must be >= 0, got {self.probe_episodes}")
+        if self.probe_episodes < 0 or self.confirm_episodes < 0:
+            raise ConfigError(f"sim2real probe_episodes and confirm_episodes must be >= 0, got {self.probe_episodes} "
+                              f"and {self.confirm_episodes}")
         if not 0 < self.target_success <= 1:
             raise ConfigError(f"target_success must be in (0, 1], got {self.target_success}")
 
@@ -271,6 +279,20 @@ def _max_delta_pos(task: str, env_kwargs: dict[str, Any]) -> float:
         return float(env.unwrapped.max_delta_pos)
     finally:
         env.close()
+
+
+def confirm_checkpoint(checkpoints: Path, task: str, eval_cfg: EvalConfig) -> tuple[Path, dict[str, float]]:
+    """The one of ``checkpoints/best`` and ``checkpoints/last`` that succeeds more often over ``eval_cfg``'s episodes
+    (``best`` on a tie), and each one's success there. ``best`` won the maximum of many evaluations, so its own
+    figure is biased upward; ``eval_cfg``'s episodes (another seed) are new to both. With ``eval_cfg.n_episodes=0``
+    or only one of them saved, that one is returned unevaluated."""
+    candidates = [c for c in (checkpoints / "best", checkpoints / "last") if c.exists()]
+    if not candidates:
+        raise ConfigError(f"{checkpoints} holds neither a best nor a last checkpoint")
+    if eval_cfg.n_episodes == 0 or len(candidates) == 1:
+        return candidates[0], {}
+    success = {c.name: evaluate(load_policy(c), task, eval_cfg).success_rate for c in candidates}
+    return max(candidates, key=lambda c: success[c.name]), success
 
 
 def run_sim2real(cfg: Sim2RealConfig) -> int:
@@ -292,7 +314,9 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
     checkpoint = cfg.checkpoint
     for it in range(cfg.iterations + 1):
         if it > 0:
-            checkpoint = str(out / f"iteration{it}" / "checkpoints" / "best")
+            # A run from before confirm_episodes existed deployed best.
+            best = out / f"iteration{it}" / "checkpoints" / "best"
+            checkpoint = state["trainings"][str(it)].get("deployed", str(best))
         if it == len(iterations):
             # Deploy: real episodes, counted against the budget (an interrupted deployment's episodes too).
             used = _real_episodes_logged(log_path)
@@ -365,10 +389,14 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
                                 ppo=replace(cfg.train.ppo, resume=True))
         run = train_residual(train_cfg)
         evaluated = [h["success_rate"] for h in run.ppo.history if "success_rate" in h]
+        confirm_eval = replace(cfg.train.eval, n_episodes=cfg.confirm_episodes, seed=20_000_000 + 1000 * cfg.seed + it,
+                               env_kwargs={**env_kwargs, **cfg.train.eval.env_kwargs}, video=False, progress=False)
+        deployed, confirmed = confirm_checkpoint(training_dir / "checkpoints", task, confirm_eval)
         # What the next iteration's policy was trained on, and how it did in that simulation.
         state["trainings"][str(it + 1)] = {"identification": {**ident.simulation(), "identifiable": ident.identifiable},
                                            "hold_steps": env_kwargs.get("hold_steps", 0),
                                            "sim_success": max(evaluated) if evaluated else None,
+                                           "deployed": str(deployed), "confirmed": confirmed,
                                            **({"reclone": reclone} if reclone else {})}
         write_json(state_path, state)
     text = _sim2real_report(state, cfg)
@@ -394,9 +422,8 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
             bc = reclone["bc_success"]
             latency += (f"; re-cloned at max_delta_pos {reclone['max_delta_pos']:.3g} from {reclone['demos']} expert "
                         f"demonstrations (BC {'-' if bc is None else f'{100 * bc:.0f}%'} there), new residual")
-        sim = entry.get("sim_success")
         rows.append(f"| {entry['iteration']} | {format_rate(entry['real_successes'], entry['real_episodes'])} | "
-                    f"{entry['real_episodes_total']} | {'' if sim is None else f'{100 * sim:.0f}%'} | "
+                    f"{entry['real_episodes_total']} | {_sim_success(entry)} | "
                     f"{physics}{'; ' if physics and latency else ''}{latency} |")
     first, last = state["iterations"][0], state["iterations"][-1]
     return "\n".join([
@@ -405,9 +432,21 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
         f"{100 * first['real_success']:.0f}% (iteration 0) to {100 * last['real_success']:.0f}% "
         f"(iteration {last['iteration']}), using {last['real_episodes_total']} of {cfg.real_budget} real episodes.",
         "", "| iteration | real success [Wilson 95%] | real episodes used | its success in the identified sim (best "
-        "evaluation) | the simulation it was trained in (identified from the real episodes before it) |",
+        "evaluation; the deployed checkpoint's on further episodes) | the simulation it was trained in (identified "
+        "from the real episodes before it) |",
         "|---|---|---|---|---|",
         *rows, ""])
+
+
+def _sim_success(entry: dict[str, Any]) -> str:
+    """An iteration's success in its identified simulation: the best training evaluation, then (when
+    ``confirm_episodes`` chose the deployed checkpoint) that checkpoint's success on the further episodes."""
+    best, confirmed = entry.get("sim_success"), entry.get("confirmed") or {}
+    text = "" if best is None else f"{100 * best:.0f}%"
+    deployed = Path(entry.get("deployed", "best")).name
+    if deployed in confirmed:
+        text += f"; deployed {deployed}: {100 * confirmed[deployed]:.0f}%"
+    return text
 
 
 def _plot_sim2real(state: dict[str, Any], path: Path) -> None:

@@ -23,7 +23,8 @@ def test_one_sim2real_iteration_identifies_the_proxy_and_retrains_under_it(tmp_p
                  "train.progress=false", "evaluate=false", "policy.n_action_steps=4"]) == 0
     out = tmp_path / "loop"
     assert main(["sim2real", str(bc / "checkpoints" / "last"), "secret_seed=3", "iterations=1",
-                 "episodes_per_iteration=12", "probe_episodes=8", "real_budget=32", f"out_dir={out}",
+                 "episodes_per_iteration=12", "probe_episodes=8", "real_budget=32", "confirm_episodes=10",
+                 f"out_dir={out}",
                  "identification.max_evaluations=160", "train.n_envs=8", "train.ppo.n_steps=80",
                  "train.ppo.total_env_steps=12800", "train.ppo.eval_every=10", "train.eval.n_episodes=10",
                  "train.reward_shaping=0", "train.reward_shaping_terms=null", "train.reward_shaping_mode=potential",

@@ -70,7 +70,7 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "loop"
     args = [str(tiny_residual), "iterations=2", "episodes_per_iteration=3", "probe_episodes=3", "real_budget=15",
-            "target_success=1", f"out_dir={out}", *SMALL[2:], *(f"train.{o}" for o in RESIDUAL),
+            "target_success=1", "confirm_episodes=2", f"out_dir={out}", *SMALL[2:], *(f"train.{o}" for o in RESIDUAL),
             "train.reward_shaping=0", "train.reward_shaping_terms=null", "train.ppo.total_env_steps=20", *RECLONE]
     assert main(["sim2real", *args]) == 0
     text = capsys.readouterr().out
@@ -78,7 +78,11 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
     report = json.loads((out / "report.json").read_text())
     assert [e["iteration"] for e in report["iterations"]] == [0, 1, 2]
     assert report["iterations"][0]["probe_episodes"] == 3 and report["iterations"][2]["real_episodes_total"] == 15
-    assert report["iterations"][1]["checkpoint"] == str(out / "iteration1" / "checkpoints" / "best")
+    # Each retraining's best and last were evaluated again on 2 further episodes; the better one was deployed.
+    confirmed, deployed = report["trainings"]["1"]["confirmed"], report["trainings"]["1"]["deployed"]
+    assert set(confirmed) == {"best", "last"} and confirmed[Path(deployed).name] == max(confirmed.values())
+    assert report["iterations"][1]["checkpoint"] == deployed
+    assert deployed in {str(out / "iteration1" / "checkpoints" / name) for name in ("best", "last")}
     assert set(report["trainings"]["1"]["identification"]) >= {"actuator_gain_scale", "action_latency_steps"}
     with EpisodeStore(out / "real_episodes.hdf5") as store:
         assert [store.attrs(i)["policy_id"] for i in range(len(store))] == (
@@ -104,7 +108,7 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
     meta2 = json.loads((out / "iteration2" / "checkpoints" / "last" / "meta.json").read_text())
     if report["trainings"]["2"]["hold_steps"] == latency:
         assert "reclone" not in report["trainings"]["2"]
-        assert meta2["init"] == str(out / "iteration1" / "checkpoints" / "best")
+        assert meta2["init"] == deployed
         assert meta2["env_kwargs"]["max_delta_pos"] == reclone["max_delta_pos"]
     assert "re-cloned at max_delta_pos" in (out / "report.md").read_text()
 
