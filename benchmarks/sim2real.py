@@ -7,11 +7,9 @@ In one run:
    after each deployment 5 identification probes run on the proxy (the settling scripted expert); each iteration
    identifies the proxy from the probes so far, continues the residual in the identified simulation and deploys it
    again (20 real episodes per deployment; 3 iterations: 95 real episodes in all). Retraining and deployment run
-   with ``hold_steps`` = the identified latency (``hold_for_latency``, the default). The nominal policy never held,
-   so the first retraining re-clones it (``reclone``, the default): 200 expert demonstrations in the identified
-   simulation at that rate and 3x PegInsert's action scale, BC with the nominal base's policy config and the
-   PegInsert preset's recipe, and a new residual on that base with ``residual_success.py``'s PegInsert recipe (3M
-   env steps) from a zero head; later iterations continue that residual;
+   with ``hold_steps`` = the identified latency (``hold_for_latency``, the default): each retraining continues the
+   residual (the nominal one first) for 960k env steps with 10 iterations of critic warm-up, and deploys the better
+   of its best and last checkpoints on 100 further episodes of the identified simulation (``confirm_episodes``);
 2. the nominal policy and the loop's final policy are each evaluated on the same ``--eval-episodes`` further
    real-proxy episodes (measurement only: these do not train anything), side by side;
 3. every identification is scored against the proxy's hidden truth (``reveal_parameters``, benchmark-only).
@@ -33,6 +31,7 @@ import time
 
 from common import REPO_ROOT, finish, markdown_table, parse_args, target
 
+from roboloop.cli.sim2real import sim_success_text
 from roboloop.core.checkpoint import load_policy, read_meta
 from roboloop.core.metrics import format_rate
 from roboloop.sim2real import RealProxy, RealRobotEnv
@@ -44,10 +43,8 @@ QUICK_NOMINAL = REPO_ROOT / "outputs" / "bench_quick" / "Lift_diffusion" / "chec
 QUICK = ["iterations=1", "episodes_per_iteration=3", "confirm_episodes=2", "probe_episodes=3", "real_budget=9",
          "identification.max_evaluations=16", "identification.popsize=4", "identification.rounds=1",
          "identification.min_steps=60", "train.n_envs=2", "train.ppo.n_steps=10", "train.ppo.total_env_steps=40",
-         "train.ppo.eval_every=1", "train.eval.n_episodes=2", "train.reward_shaping=0",
-         "train.reward_shaping_terms=null", "reclone.n_demos=2", "reclone.bc.steps=2", "reclone.bc.batch_size=4",
-         "reclone.bc_eval_episodes=2", "reclone.ppo.n_steps=10", "reclone.ppo.total_env_steps=40",
-         "reclone.ppo.eval_every=1"]
+         "train.ppo.eval_every=1", "train.ppo.critic_warmup_iterations=1", "train.eval.n_episodes=2",
+         "train.reward_shaping=0", "train.reward_shaping_terms=null"]
 MAX_MINUTES = 120.0
 
 
@@ -96,12 +93,12 @@ def main() -> int:
         hold = report["trainings"].get(str(entry["iteration"]), {}).get("hold_steps", 0)
         latency = (f"latency {ident['action_latency_steps']} (true {truth.action_latency_steps}); decides every "
                    f"{1 + hold} control steps") if ident else ""
-        sim = entry.get("sim_success")
         rows.append((entry["iteration"], format_rate(entry["real_successes"], entry["real_episodes"]),
-                     entry["real_episodes_total"], "" if sim is None else f"{100 * sim:.0f}%",
+                     entry["real_episodes_total"], sim_success_text(entry),
                      "; ".join(x for x in (errors, latency) if x) or "(nominal simulation)"))
     table = markdown_table(["iteration", "real success [Wilson 95%]", "real episodes used",
-                            "success in its identified sim", "identification error vs. the hidden truth"], rows)
+                            "success in its identified sim (best evaluation; deployed checkpoint)",
+                            "identification error vs. the hidden truth"], rows)
     nominal_row, final_row = side_by_side["nominal"], side_by_side["sim2real"]
     table += "\n\n" + markdown_table(
         [f"same {episodes} further real-proxy episodes", "real success [Wilson 95%]"],

@@ -36,7 +36,8 @@ class RecloneConfig:
     (``hold_for_latency``) a policy trained at another rate; later iterations continue its residual as usual.
 
     Attributes:
-        enabled: Re-clone (False: continue the old residual at the new rate).
+        enabled: Re-clone (False, the default: continue the old residual at the new rate; on the real proxy's
+            PegInsert that did better, see ``roboloop/configs/sim2real.yaml``).
         max_delta_pos_factor: The re-cloned policy's position action scale, as a multiple of the task's
             ``max_delta_pos`` (a real arm's controller is given it with ``hold_steps``, from the checkpoint's
             env_kwargs). On the real proxy's PegInsert (latency 1, holding every other step) the expert succeeds in
@@ -49,7 +50,7 @@ class RecloneConfig:
         ppo: The new residual's PPO, from a zero head (a from-scratch recipe, not the continuation's).
     """
 
-    enabled: bool = True
+    enabled: bool = False
     max_delta_pos_factor: float = 3.0
     n_demos: int = 200
     bc: TrainConfig = field(default_factory=TrainConfig)

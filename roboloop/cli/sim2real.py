@@ -423,7 +423,7 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
             latency += (f"; re-cloned at max_delta_pos {reclone['max_delta_pos']:.3g} from {reclone['demos']} expert "
                         f"demonstrations (BC {'-' if bc is None else f'{100 * bc:.0f}%'} there), new residual")
         rows.append(f"| {entry['iteration']} | {format_rate(entry['real_successes'], entry['real_episodes'])} | "
-                    f"{entry['real_episodes_total']} | {_sim_success(entry)} | "
+                    f"{entry['real_episodes_total']} | {sim_success_text(entry)} | "
                     f"{physics}{'; ' if physics and latency else ''}{latency} |")
     first, last = state["iterations"][0], state["iterations"][-1]
     return "\n".join([
@@ -438,7 +438,7 @@ def _sim2real_report(state: dict[str, Any], cfg: Sim2RealConfig) -> str:
         *rows, ""])
 
 
-def _sim_success(entry: dict[str, Any]) -> str:
+def sim_success_text(entry: dict[str, Any]) -> str:
     """An iteration's success in its identified simulation: the best training evaluation, then (when
     ``confirm_episodes`` chose the deployed checkpoint) that checkpoint's success on the further episodes."""
     best, confirmed = entry.get("sim_success"), entry.get("confirmed") or {}

@@ -58,12 +58,12 @@ def tiny_residual(tiny_bc: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out / "checkpoints" / "last"
 
 
-#: The re-clone, tiny: a few demonstrations, BC steps and PPO iterations.
-RECLONE = ["reclone.n_demos=2", "reclone.bc.steps=2", "reclone.bc.batch_size=4", "reclone.bc.checkpoint_every=1",
-           "reclone.bc.eval_every=0", "reclone.bc.device=cpu", "reclone.bc_eval_episodes=1",
-           "reclone.residual.hidden_dims=[16]", "reclone.ppo.n_steps=10", "reclone.ppo.n_minibatches=2",
-           "reclone.ppo.n_epochs=2", "reclone.ppo.critic_warmup_iterations=1", "reclone.ppo.checkpoint_every=1",
-           "reclone.ppo.eval_every=2", "reclone.ppo.total_env_steps=20"]
+#: The re-clone (off by default), tiny: a few demonstrations, BC steps and PPO iterations.
+RECLONE = ["reclone.enabled=true", "reclone.n_demos=2", "reclone.bc.steps=2", "reclone.bc.batch_size=4",
+           "reclone.bc.checkpoint_every=1", "reclone.bc.eval_every=0", "reclone.bc.device=cpu",
+           "reclone.bc_eval_episodes=1", "reclone.residual.hidden_dims=[16]", "reclone.ppo.n_steps=10",
+           "reclone.ppo.n_minibatches=2", "reclone.ppo.n_epochs=2", "reclone.ppo.critic_warmup_iterations=1",
+           "reclone.ppo.checkpoint_every=1", "reclone.ppo.eval_every=2", "reclone.ppo.total_env_steps=20"]
 
 
 def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, tmp_path: Path,
