@@ -1,12 +1,13 @@
 """Re-clone a policy's base in an identified simulation, at the rate and action scale it will be deployed with.
 
 A policy trained at every control step that must hold its actions on the real robot (``hold_steps``, for a latency
-it did not know) is not fixed by more PPO on its old head alone: holding halves its decisions per episode while its
-base still moves by the distances it cloned, so it runs out of time (on the real proxy's PegInsert even the scripted
-expert times out in 10 of 40 episodes at the nominal action scale). :func:`reclone_base` instead has the task's
-scripted expert demonstrate in the identified simulation at that rate with a larger action scale, and clones a
-new base from those demonstrations with the old base's own policy config (its architecture, horizons and
-normalization); a new residual head is then trained on it (``roboloop sim2real``).
+it did not know) makes half as many decisions per episode while its base still moves by the distances it cloned, so
+it can run out of time (on the real proxy's PegInsert the scripted expert times out in 10 of 40 episodes at the
+nominal action scale). :func:`reclone_base` has the task's scripted expert demonstrate in the identified simulation
+at that rate with a larger action scale, and clones a new base from those demonstrations with the old base's own
+policy config (its architecture, horizons and normalization); ``roboloop sim2real reclone.enabled=true`` then trains
+a new residual head on it. It is off by default: on the real proxy's PegInsert, continuing the held residual (with a
+longer critic warm-up) reached 92/100 real episodes where the re-clone's residual reached 15/20.
 """
 
 from __future__ import annotations

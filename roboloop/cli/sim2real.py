@@ -202,8 +202,9 @@ class Sim2RealConfig:
     stays near 40% for 960k env steps; a latency-aware head trained from zero evaluated at most 18% within 1.15M), while
     the same policy holding every other step keeps about 85% before any retraining. The time limit stays in control
     steps, so holding gets no more time (holding at the nominal action scale, even the scripted expert times out in 10
-    of 40 proxy episodes). So the first retraining that must hold a policy trained at another rate re-clones it
-    (``reclone``, on by default): the scripted expert demonstrates in the identified simulation at that rate with
+    of 40 proxy episodes). With ``reclone.enabled`` (off by default: on the real proxy's PegInsert, continuing the
+    held residual did better) the first retraining that must hold a policy trained at another rate re-clones it
+    instead (``reclone``): the scripted expert demonstrates in the identified simulation at that rate with
     ``reclone.max_delta_pos_factor`` times the action scale, a new base is cloned from those demonstrations with the old
     base's policy config, and a new residual is trained on it from a zero head (``reclone.residual``, ``reclone.ppo``;
     the rest of ``train`` as above); later iterations continue that residual. The deployment runs at the same action
