@@ -189,11 +189,12 @@ class Sim2RealConfig:
     policy's episodes instead.
     Each iteration then trains the residual further in the identified simulation with randomization around it
     (``train``, a train-residual config; its ``init``/``base``, ``env_kwargs.randomization`` and ``out_dir`` are set
-    per iteration) and deploys its best checkpoint; the config sets ``train.ppo.eval_at_start``, so the policy it
-    continues competes for that checkpoint and a retraining that did worse in the identified simulation deploys its
-    start again. The ``best`` checkpoint is the maximum of many noisy evaluations, which overstates it: with
-    ``confirm_episodes``, ``best`` and ``last`` are evaluated again on that many further episodes of the identified
-    simulation and the one that does better there is deployed (and continued by the next iteration).
+    per iteration) and deploys its best checkpoint (confirmed, see below); the config sets
+    ``train.ppo.eval_at_start``, so the policy it continues competes for that checkpoint and a retraining that did
+    worse in the identified simulation deploys its start again. The ``best`` checkpoint is the maximum of many noisy
+    evaluations, which overstates it: with ``confirm_episodes``, ``best`` and ``last`` are evaluated again on that
+    many further episodes of the identified simulation and the one that does better there is deployed (and
+    continued by the next iteration).
     With ``hold_for_latency`` (the default) that retraining and the deployment after it run with the env's
     ``hold_steps`` set to the identified action latency: the policy decides every ``1 + latency`` control steps and
     holds in between, so its command has taken effect before it observes again. A policy trained at full rate
@@ -292,6 +293,10 @@ def confirm_checkpoint(checkpoints: Path, task: str, eval_cfg: EvalConfig) -> tu
         raise ConfigError(f"{checkpoints} holds neither a best nor a last checkpoint")
     if eval_cfg.n_episodes == 0 or len(candidates) == 1:
         return candidates[0], {}
+    best, last = candidates
+    if read_meta(best).get("env_steps") == read_meta(last).get("env_steps"):  # the same weights: evaluate once
+        rate = evaluate(load_policy(best), task, eval_cfg).success_rate
+        return best, {"best": rate, "last": rate}
     success = {c.name: evaluate(load_policy(c), task, eval_cfg).success_rate for c in candidates}
     return max(candidates, key=lambda c: success[c.name]), success
 

@@ -24,13 +24,12 @@ def test_one_sim2real_iteration_identifies_the_proxy_and_retrains_under_it(tmp_p
     out = tmp_path / "loop"
     assert main(["sim2real", str(bc / "checkpoints" / "last"), "secret_seed=3", "iterations=1",
                  "episodes_per_iteration=12", "probe_episodes=8", "real_budget=32", "confirm_episodes=10",
-                 f"out_dir={out}",
-                 "identification.max_evaluations=160", "train.n_envs=8", "train.ppo.n_steps=80",
+                 f"out_dir={out}", "identification.max_evaluations=160", "train.n_envs=8", "train.ppo.n_steps=80",
                  "train.ppo.total_env_steps=12800", "train.ppo.eval_every=10", "train.eval.n_episodes=10",
                  "train.reward_shaping=0", "train.reward_shaping_terms=null", "train.reward_shaping_mode=potential",
                  "train.reward_shaping_floor=null", "reclone.enabled=true", "reclone.n_demos=50",
-                 "reclone.bc.steps=1500",
-                 "reclone.bc.eval_every=0", "reclone.bc_eval_episodes=10", "reclone.residual.scale=0.1",
+                 "reclone.bc.steps=1500", "reclone.bc.eval_every=0", "reclone.bc_eval_episodes=10",
+                 "reclone.residual.scale=0.1",
                  "reclone.ppo.n_steps=80", "reclone.ppo.total_env_steps=12800", "reclone.ppo.eval_every=10"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert [e["iteration"] for e in report["iterations"]] == [0, 1]
