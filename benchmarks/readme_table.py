@@ -178,6 +178,18 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      f"{100 * side['nominal']['rate']:.0f}% vs {100 * side['sim2real']['rate']:.0f}%; "
                      f"{f['minutes']:.0f} min", "≥ 90% within 100 real episodes, +20 points, ≤ 120 min",
                      _status(r["targets"]), _command("sim2real")))
+    if (r := _load("distill")) is not None:
+        f = r["figures"]
+        t, s = f["real"]["teacher"], f["real"]["student"]
+        sim = ", ".join(f"{x['round']}: {100 * x['sim_success']:.0f}%" for x in f["rounds"]
+                        if x["sim_success"] is not None)
+        rows.append((f"teacher-student distillation on Lift: the state teacher (BC + residual) and its 84x84 image "
+                     f"student on the same {t['episodes']} real-proxy episodes (secret seed {f['secret_seed']}, "
+                     f"unseen camera and lighting shift); the student per DAgger round in the randomized simulation "
+                     f"(commit {r['commit']})",
+                     f"teacher {100 * t['successes'] / t['episodes']:.0f}%, student "
+                     f"{100 * s['successes'] / s['episodes']:.0f}%: {f['ratio']:.2f}x; rounds {sim}; "
+                     f"{f['minutes']:.0f} min", "student ≥ 0.8x teacher", _status(r["targets"]), _command("distill")))
     if (r := _load("self_improve")) is not None:
         f = r["figures"]
         for name, v in f["variants"].items():
@@ -286,7 +298,7 @@ def section() -> str:
     results = [r for name in ("env_contract", "experts", "replay", "env_speed", "dataset_memory", "bad_input",
                               "peg_precision", "diffusion_latency", "bc_success", "residual_success", "ppo_vs_sb3",
                               "ppo_halfcheetah", "sac_vs_sb3", "offline_rl", "vgps", "sysid", "sim2real",
-                              "self_improve")
+                              "distill", "self_improve")
                if (r := _load(name)) is not None]
     if not results:
         return "No benchmark results yet: run `make bench`."
