@@ -44,9 +44,11 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n_members, 1, out_features).uniform_(-bound, bound))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim == 2:  # the same input for every member: broadcast (B, I) @ (E, I, O)
-            return torch.matmul(x, self.weight) + self.bias
-        return torch.baddbmm(self.bias, x, self.weight)
+        if x.ndim == 2:  # the same input for every member: a stride-0 view (E, B, I), no copy
+            x = x.expand(self.weight.shape[0], *x.shape)
+        # bmm, then the bias added in place: baddbmm first copies the broadcast bias into its output, and a
+        # broadcast matmul of a 2-D input copies its transposed result; on CPU each copy costs more than the add.
+        return torch.bmm(x, self.weight).add_(self.bias)
 
 
 class EnsembleLayerNorm(nn.Module):

@@ -105,8 +105,11 @@ class SAC:
         # --- critics: min over a random subset of the target ensemble (RLPD), soft backup
         with torch.no_grad():
             next_actions, next_log_probs = self.actor.rsample(next_obs)
-            subset = torch.randperm(cfg.n_critics, generator=generator)[: cfg.target_subset].to(self.device)
-            next_q = self.critic_target(next_obs, next_actions)[subset].min(dim=0).values
+            next_q = self.critic_target(next_obs, next_actions)
+            if cfg.target_subset < cfg.n_critics:
+                subset = torch.randperm(cfg.n_critics, generator=generator)[: cfg.target_subset].to(self.device)
+                next_q = next_q[subset]
+            next_q = next_q.min(dim=0).values
             if cfg.backup_entropy:
                 next_q = next_q - self.alpha * next_log_probs
             target = td_target(batch.rewards.to(self.device), batch.terminated.to(self.device), next_q, cfg.gamma)
