@@ -105,12 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = (f"`{shown(cmd)}` ({minutes:.1f} min; teacher: `{teacher}`"
              + (f", made by `{made['command']}` in {made['minutes']:.1f} min" if made["command"] else "") + "):\n\n"
              + markdown_table(["round", "beta (teacher's share)", "labelled episodes",
-                               "steps executed by teacher / student", "student success, randomized sim (50 episodes)"],
+                               "steps executed by teacher / student", "student success, randomized sim"],
                               round_rows)
              + "\n\n" + markdown_table(
                  [f"real proxy (secret seed {args.secret_seed}), same {t['episodes']} starts",
                   "real success [Wilson 95%]"],
-                 [("teacher (state: BC + residual)", format_rate(t["successes"], t["episodes"])),
+                 [("teacher (state)", format_rate(t["successes"], t["episodes"])),
                   ("image student (cameras + proprio)", format_rate(s["successes"], s["episodes"])),
                   ("student / teacher", f"{ratio:.2f}")]))
     figures = {"secret_seed": args.secret_seed, "teacher": str(teacher), "teacher_made": made, "minutes": minutes,
