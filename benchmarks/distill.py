@@ -102,10 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     round_rows = [(r["round"], f"{r['beta']:.2f}", r["episodes"], f"{r['teacher_steps']} / {r['student_steps']}",
                    "" if r["sim_success"] is None else f"{100 * r['sim_success']:.0f}%") for r in rounds]
+    teacher_sim = report.get("teacher_sim_success")  # the teacher on the same simulated episodes
+    if teacher_sim is not None:
+        round_rows.append(("teacher", "", "", "", f"{100 * teacher_sim:.0f}%"))
     table = (f"`{shown(cmd)}` ({minutes:.1f} min; teacher: `{teacher}`"
              + (f", made by `{made['command']}` in {made['minutes']:.1f} min" if made["command"] else "") + "):\n\n"
              + markdown_table(["round", "beta (teacher's share)", "labelled episodes",
-                               "steps executed by teacher / student", "student success, randomized sim"],
+                               "steps executed by teacher / student", "success, randomized sim (same episodes)"],
                               round_rows)
              + "\n\n" + markdown_table(
                  [f"real proxy (secret seed {args.secret_seed}), same {t['episodes']} starts",
@@ -114,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   ("image student (cameras + proprio)", format_rate(s["successes"], s["episodes"])),
                   ("student / teacher", f"{ratio:.2f}")]))
     figures = {"secret_seed": args.secret_seed, "teacher": str(teacher), "teacher_made": made, "minutes": minutes,
-               "peak_mb": run["peak_mb"], "command": shown(cmd), "rounds": rounds, "real": real, "ratio": ratio,
+               "peak_mb": run["peak_mb"], "command": shown(cmd), "rounds": rounds, "teacher_sim_success": teacher_sim,
+               "real": real, "ratio": ratio,
                "output": str(out)}
     detail = (f"student {format_rate(s['successes'], s['episodes'])} vs teacher "
               f"{format_rate(t['successes'], t['episodes'])}")

@@ -183,6 +183,8 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
         t, s = f["real"]["teacher"], f["real"]["student"]
         sim = ", ".join(f"{x['round']}: {100 * x['sim_success']:.0f}%" for x in f["rounds"]
                         if x["sim_success"] is not None)
+        if f.get("teacher_sim_success") is not None:
+            sim += f" (teacher {100 * f['teacher_sim_success']:.0f}%)"
         rows.append((f"teacher-student distillation on Lift: the state teacher (BC + residual) and its 84x84 image "
                      f"student on the same {t['episodes']} real-proxy episodes (secret seed {f['secret_seed']}, "
                      f"unseen camera and lighting shift); the student per DAgger round in the randomized simulation "

@@ -23,7 +23,7 @@ from roboloop.envs import task_info
 from roboloop.envs.evaluation import EvalConfig, evaluate
 from roboloop.residual_rl import ResidualPolicy
 from roboloop.sim2real.deploy import deploy, run_episodes
-from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs
+from roboloop.sim2real.distill import DistillConfig, distill, student_env_kwargs, student_eval_kwargs
 from roboloop.sim2real.real_robot import REAL_SOURCE, RealProxy, RealRobotEnv, proxy_env_kwargs
 from roboloop.sim2real.self_improve import SelfImproveConfig, self_improve
 from roboloop.sim2real.sysid import Identification, IdentificationConfig, ProbeConfig, identify, probe_actor
@@ -521,6 +521,14 @@ def run_distill(cfg: DistillConfig) -> int:
     task = task_info(meta.get("task") or "Lift").name
     out = Path(cfg.out_dir.replace("{task}", task))
     student_checkpoint = rounds[-1].checkpoint
+    teacher_sim = None
+    if cfg.eval_episodes:
+        # The teacher on the students' evaluation episodes (same seeds, same randomization): the reference for their
+        # success in simulation.
+        teacher_sim = evaluate(load_policy(cfg.teacher), task, EvalConfig(
+            n_episodes=cfg.eval_episodes, env_kwargs=student_eval_kwargs(meta.get("env_kwargs", {}), cfg),
+            progress=False)).success_rate
+        print(f"teacher in the randomized simulation: {100 * teacher_sim:.0f}%", flush=True)
     real: dict[str, Any] = {}
     if cfg.real_episodes:
         # Teacher and student on the same real-proxy starts; the proxy renders the student's cameras.
@@ -544,13 +552,19 @@ def run_distill(cfg: DistillConfig) -> int:
              "randomization.", "",
              "| round | beta (teacher's share) | steps executed by teacher / student | student success, randomized sim "
              "| student |", "|---|---|---|---|---|", *rows, ""]
+    if teacher_sim is not None:
+        last = rounds[-1].sim_success
+        ratio_text = f"; last student / teacher = {last / teacher_sim:.2f}" if last is not None and teacher_sim else ""
+        lines += [f"The teacher on the same {cfg.eval_episodes} episodes of the randomized simulation: "
+                  f"{100 * teacher_sim:.0f}%{ratio_text}.", ""]
     if real:
         t, s = real["teacher"], real["student"]
         ratio = s["successes"] / t["successes"] if t["successes"] else float("nan")
         lines += [f"On the real proxy (secret seed {cfg.secret_seed}, its camera and lighting shift): teacher "
                   f"{format_rate(t['successes'], t['episodes'])}, student {format_rate(s['successes'], s['episodes'])}"
                   f"; student / teacher = {ratio:.2f}.", ""]
-    write_json(out / "report.json", {"rounds": [vars(r) for r in rounds], "real": real})
+    write_json(out / "report.json", {"rounds": [vars(r) for r in rounds], "teacher_sim_success": teacher_sim,
+                                     "real": real})
     text = "\n".join(lines)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(text)

@@ -122,6 +122,12 @@ def student_env_kwargs(teacher_env_kwargs: Mapping[str, Any], cfg: DistillConfig
     return {**kwargs, "cameras": cfg.cameras, "image_size": cfg.image_size, "proprio": True}
 
 
+def student_eval_kwargs(teacher_env_kwargs: Mapping[str, Any], cfg: DistillConfig) -> dict[str, Any]:
+    """The student's simulation without its cameras, for evaluations and the student's meta: an evaluation opens
+    the cameras the evaluated policy reads (none for the state teacher)."""
+    return {k: v for k, v in student_env_kwargs(teacher_env_kwargs, cfg).items() if k not in ("cameras", "image_size")}
+
+
 def labelled_rollouts(env: gym.Env, teacher_actor: Actor, student_actor: Actor | None, *, beta: float,
                       n_episodes: int, seed: int, writer: EpisodeWriter, policy_id: str) -> tuple[int, int]:
     """Run ``n_episodes`` episodes mixing teacher and student (``beta``: the teacher's share; no student: the
@@ -172,7 +178,7 @@ def distill(cfg: DistillConfig, progress: Callable[[DistillRound], None] | None 
     rounds_path = out / "rounds.json"
     done: list[dict[str, Any]] = json.loads(rounds_path.read_text()) if rounds_path.exists() else []
     env = gym.make(task_info(task).env_id, **env_kwargs)
-    eval_kwargs = {k: v for k, v in env_kwargs.items() if k not in ("cameras", "image_size")}
+    eval_kwargs = student_eval_kwargs(meta.get("env_kwargs", {}), cfg)
     student: Policy | None = None
     results: list[DistillRound] = [DistillRound(**d) for d in done]
     dataset: Path | None = None

@@ -174,6 +174,9 @@ def test_distill_labels_with_the_teacher_trains_an_image_student_and_deploys_bot
     student_meta = json.loads((out / "round1" / "checkpoints" / "last" / "meta.json").read_text())
     assert student_meta["env_kwargs"]["proprio"] is True and "cameras" not in student_meta["env_kwargs"]
     assert report["real"]["teacher"]["episodes"] == 2 and report["real"]["student"]["episodes"] == 2
+    # The teacher is evaluated on the students' simulated episodes, as their reference.
+    assert 0.0 <= report["teacher_sim_success"] <= 1.0
+    assert "The teacher on the same 2 episodes of the randomized simulation" in (out / "report.md").read_text()
     assert main(["distill", *args, "resume=true"]) == 0  # finished rounds are not redone
     assert main(["distill", str(tiny_bc), "student.obs_keys=[observation.state]", f"out_dir={tmp_path / 'x'}"]) == 2
     assert "must not read observation.state" in capsys.readouterr().err
