@@ -61,10 +61,11 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-episodes", type=int, default=50, help="real-proxy episodes for each of them")
 
 
-def make_teacher() -> dict[str, Any]:
-    """The quickstart's BC + residual policy on Lift (made once, kept in ``TEACHER_DIR``)."""
+def make_teacher() -> dict[str, Any] | None:
+    """Make the quickstart's BC + residual policy on Lift unless ``TEACHER_DIR`` holds it; how it was made (None:
+    it was kept from an earlier run)."""
     if checkpoint_exists(REPO_ROOT / TEACHER):
-        return {"command": None, "minutes": None}
+        return None
     cmd = [roboloop_exe(), "quickstart", f"out_dir={TEACHER_DIR}"]
     started = time.perf_counter()
     run = run_measured(cmd, REPO_ROOT / TEACHER_DIR / "bench_quickstart.log")
@@ -77,7 +78,7 @@ def make_teacher() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], argv, extra=_extra_args)
     if args.quick:
-        teacher, made = QUICK_TEACHER, {"command": None, "minutes": None}
+        teacher, made = QUICK_TEACHER, None
         if not checkpoint_exists(REPO_ROOT / teacher):
             raise SystemExit(f"{NAME}: {teacher} is missing: run benchmarks/bc_success.py --quick first")
     else:
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if teacher_sim is not None:
         round_rows.append(("teacher", "", "", "", f"{100 * teacher_sim:.0f}%"))
     table = (f"`{shown(cmd)}` ({minutes:.1f} min; teacher: `{teacher}`"
-             + (f", made by `{made['command']}` in {made['minutes']:.1f} min" if made["command"] else "") + "):\n\n"
+             + (f", made by `{made['command']}` in {made['minutes']:.1f} min" if made else "") + "):\n\n"
              + markdown_table(["round", "beta (teacher's share)", "labelled episodes",
                                "steps executed by teacher / student", "success, randomized sim (same episodes)"],
                               round_rows)
@@ -118,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   ("student / teacher", f"{ratio:.2f}")]))
     figures = {"secret_seed": args.secret_seed, "teacher": str(teacher), "teacher_made": made, "minutes": minutes,
                "peak_mb": run["peak_mb"], "command": shown(cmd), "rounds": rounds, "teacher_sim_success": teacher_sim,
-               "real": real, "ratio": ratio,
-               "output": str(out)}
+               "real": real, "ratio": ratio, "output": str(out)}
     detail = (f"student {format_rate(s['successes'], s['episodes'])} vs teacher "
               f"{format_rate(t['successes'], t['episodes'])}")
     targets = ([target("episodes_counted", s["episodes"], "==", t["episodes"])] if args.quick else
