@@ -65,6 +65,10 @@ START_WINDOW, REST_TOLERANCE = 10, 0.003
 IDENTIFIABLE = ("actuator_gain_scale", "actuator_damping_scale", "object_mass_scale", "friction_scale")
 #: The scales of the gripper's own servos, which its free motion shows without any contact.
 ACTUATOR_SCALES = ("actuator_gain_scale", "actuator_damping_scale")
+#: The scale a carried object's weight and inertia show (``carry_prefixes``).
+MASS_SCALE = "object_mass_scale"
+#: The action's z increment, and how large (in action units) a command must be to count as moving up or down.
+Z_INDEX, MOVE_TOLERANCE = 2, 1e-3
 
 
 def closes_grip(actions: np.ndarray) -> np.ndarray:
@@ -336,19 +340,20 @@ class EpisodeReplayer:
         return np.asarray(squared) * len(squared) / self.n_values
 
 
-# A process pool's workers each hold one replayer (episodes are sent once, candidates many times).
-_WORKER_REPLAYER: EpisodeReplayer | None = None
+# A process pool's workers each hold one replayer per set of episodes (whole episodes, carry prefixes): the
+# episodes are sent once, candidates many times.
+_WORKER_REPLAYERS: dict[str, EpisodeReplayer] = {}
 
 
-def _init_worker(task: str, episodes: Sequence[Episode], env_kwargs: Mapping[str, Any]) -> None:
-    global _WORKER_REPLAYER
-    _WORKER_REPLAYER = EpisodeReplayer(task, episodes, env_kwargs)
+def _init_worker(task: str, episode_sets: Mapping[str, Sequence[Episode]], env_kwargs: Mapping[str, Any]) -> None:
+    _WORKER_REPLAYERS.update({key: EpisodeReplayer(task, eps, env_kwargs) for key, eps in episode_sets.items()})
 
 
-def _worker_loss(starts_and_params: tuple[list[dict[str, float]], Mapping[str, Any]]) -> float:
-    assert _WORKER_REPLAYER is not None
-    _WORKER_REPLAYER.starts, params = starts_and_params  # the main process refines the starts between rounds
-    return _WORKER_REPLAYER.loss(params)
+def _worker_loss(job: tuple[str, list[dict[str, float]], Mapping[str, Any]]) -> float:
+    key, starts, params = job
+    replayer = _WORKER_REPLAYERS[key]
+    replayer.starts = starts  # the main process refines the starts between rounds
+    return replayer.loss(params)
 
 
 def _sandwich_stds(episode_residuals: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, h: float,
@@ -464,6 +469,12 @@ def _search(losses: Callable[[Sequence[np.ndarray]], list[float]], best_x: np.nd
     return best_x, best_loss
 
 
+def _prefix(ep: Episode, k: int) -> Episode:
+    """The episode's first ``k`` steps (and their ``k + 1`` observations)."""
+    return Episode({key: v[: k + 1] for key, v in ep.observations.items()}, ep.actions[:k], ep.rewards[:k],
+                   ep.terminated[:k], ep.truncated[:k])
+
+
 def free_motion_prefixes(episodes: Sequence[Episode]) -> list[Episode]:
     """Each episode up to its first closing grip command (all of it when it never closes; none when it closes at
     once): the steps where the gripper moves through free space, so that only the actuator scales (and the
@@ -473,8 +484,23 @@ def free_motion_prefixes(episodes: Sequence[Episode]) -> list[Episode]:
         closing = np.flatnonzero(closes_grip(ep.actions))
         k = int(closing[0]) if closing.size else len(ep.actions)
         if k > 0:
-            out.append(Episode({key: v[: k + 1] for key, v in ep.observations.items()}, ep.actions[:k],
-                               ep.rewards[:k], ep.terminated[:k], ep.truncated[:k]))
+            out.append(_prefix(ep, k))
+    return out
+
+
+def carry_prefixes(episodes: Sequence[Episode]) -> list[Episode]:
+    """Each episode up to the first downward command after it lifted with the grip closed (none when it never
+    lifts anything): free motion, the grasp, and the object carried aloft, where nothing but the fingers touches
+    it, so that its weight and inertia (the mass scale) shape the replay, and no contact with the table does.
+    ``DragProbe`` holds the object aloft for ``weigh_steps`` before it lowers it to drag."""
+    out = []
+    for ep in episodes:
+        dz = np.asarray(ep.actions)[:, Z_INDEX]
+        lifting = np.flatnonzero(closes_grip(ep.actions) & (dz > MOVE_TOLERANCE))
+        if lifting.size == 0:
+            continue
+        lowering = np.flatnonzero(dz[lifting[0]:] < -MOVE_TOLERANCE)
+        out.append(_prefix(ep, int(lifting[0] + lowering[0]) if lowering.size else len(ep.actions)))
     return out
 
 
@@ -490,19 +516,25 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
     check_log(episodes, cfg)
     episodes = [Episode({STATE_KEY: ep.observations[STATE_KEY]}, ep.actions, ep.rewards, ep.terminated,
                         ep.truncated) for ep in episodes]  # images are not compared: do not ship them to workers
-    replayer = EpisodeReplayer(task, episodes, env_kwargs)
-    pool = (ProcessPoolExecutor(cfg.n_workers, initializer=_init_worker, initargs=(task, episodes, env_kwargs or {}))
+    names = list(cfg.parameters)
+    # The mass scale gets a stage of its own on the carry prefixes when there is enough of them (see stage 2).
+    carried = carry_prefixes(episodes)
+    mass_staged = (MASS_SCALE in names and any(n in ACTUATOR_SCALES for n in names)
+                   and sum(len(ep) for ep in carried) >= cfg.min_steps)
+    episode_sets = {"whole": episodes, **({"carry": carried} if mass_staged else {})}
+    replayers = {key: EpisodeReplayer(task, eps, env_kwargs) for key, eps in episode_sets.items()}
+    replayer = replayers["whole"]
+    pool = (ProcessPoolExecutor(cfg.n_workers, initializer=_init_worker, initargs=(task, episode_sets,
+                                                                                   env_kwargs or {}))
             if cfg.n_workers > 1 else None)
     evaluations = 0
 
-    def losses(candidates: Sequence[Mapping[str, Any]]) -> list[float]:
+    def losses(candidates: Sequence[Mapping[str, Any]], on: str = "whole") -> list[float]:
         nonlocal evaluations
         evaluations += len(candidates)
         if pool is None:
-            return [replayer.loss(c) for c in candidates]
-        return list(pool.map(_worker_loss, [(replayer.starts, c) for c in candidates]))
-
-    names = list(cfg.parameters)
+            return [replayers[on].loss(c) for c in candidates]
+        return list(pool.map(_worker_loss, [(on, replayers[on].starts, c) for c in candidates]))
 
     def params_of(log_scales: Sequence[float], latency: int) -> dict[str, Any]:
         return {**{n: float(math.exp(x)) for n, x in zip(names, log_scales)}, "action_latency_steps": latency}
@@ -514,10 +546,12 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
         nominal_loss = latency_losses[0]
 
         # 2. Physical scales by CMA-ES in log space. First the actuator scales alone, from the replays' free-motion
-        # prefixes (before the first grasp the gripper touches nothing, so only they move it); then the contact
-        # scales (mass, friction) over whole episodes with the actuator scales held. Searched jointly over whole
-        # episodes, the contacts of a dragged peg trapped CMA-ES in a valley where a wrong mass was paid for by gains
-        # 3-9% off (at a higher error than the truth's).
+        # prefixes (before the first grasp the gripper touches nothing, so only they move it); then the mass alone
+        # from the carry prefixes (the object held aloft: its weight sags the servos); then the rest (friction) over
+        # whole episodes with those held. Searched jointly over whole episodes, the contacts of a dragged peg trapped
+        # CMA-ES in a valley where a wrong mass was paid for by gains 3-9% off (at a higher error than the
+        # truth's). And over whole episodes the mass moves the drag's contacts chaotically: the episodes' errors
+        # then rose and fell with it at random (a paired z of 1.3 at +-20% where the carry alone gives about 4).
         low, high = math.log(cfg.bounds[0]), math.log(cfg.bounds[1])
         history: list[float] = []
         best_x = np.zeros(len(names))
@@ -538,9 +572,20 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
                 free.refine_gripper_starts(params_of(best_x, latency))
                 best_x, _ = _search(free_losses, best_x, free_losses([best_x])[0], actuator, cfg.sigma0 / 2**round_,
                                     (low, high), cfg, cfg.seed + 1 + round_)
+        mass = [names.index(MASS_SCALE)] if mass_staged and staged else []
+        if mass:
+            carry = replayers["carry"]
+
+            def carry_losses(candidates: Sequence[np.ndarray]) -> list[float]:
+                return losses([params_of(x, latency) for x in candidates], on="carry")
+
+            for round_ in range(cfg.rounds):
+                carry.refine_gripper_starts(params_of(best_x, latency))
+                best_x, _ = _search(carry_losses, best_x, carry_losses([best_x])[0], mass, cfg.sigma0 / 2**round_,
+                                    (low, high), cfg, cfg.seed + 1 + round_)
         # Then in rounds over whole episodes: each round refines the gripper's start poses under the current
         # estimate (their early-replay offset depends a little on the gains) and searches again, closer.
-        dims = contact if staged else list(range(len(names)))
+        dims = [j for j in contact if j not in mass] if staged else list(range(len(names)))
 
         def whole_losses(candidates: Sequence[np.ndarray]) -> list[float]:
             return losses([params_of(x, latency) for x in candidates])
@@ -560,14 +605,24 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
                 if loss < best_loss:
                     latency, best_loss = lat, loss
 
-        # 3. Uncertainty: the sandwich covariance over episodes.
-        stds = _sandwich_stds(lambda x: replayer.episode_residuals(params_of(x, latency)), best_x, cfg.fd_step,
-                              names)
-        n = len(names)
-        evaluations += 1 + 2 * n
-        profile = _profile_zs(lambda x: replayer.episode_losses(params_of(x, latency)), best_x,
-                              math.log1p(2 * cfg.max_relative_std), names)
-        evaluations += 1 + 2 * n
+        # 3. Uncertainty: the sandwich covariance over episodes, and the profile check. A scale searched on the
+        # carry prefixes is judged on them (with the others held), the others jointly on whole episodes.
+        profile_step = math.log1p(2 * cfg.max_relative_std)
+        stds, profile = {}, {}
+        for key, judged in (("whole", [j for j in range(len(names)) if j not in mass]), ("carry", mass)):
+            if not judged:
+                continue
+            on = replayers[key]
+
+            def at(sub: np.ndarray, judged: list[int] = judged) -> dict[str, Any]:
+                return params_of(_with(best_x, judged, sub), latency)
+
+            judged_names = [names[j] for j in judged]
+            stds.update(_sandwich_stds(lambda sub, on=on, at=at: on.episode_residuals(at(sub)), best_x[judged],
+                                       cfg.fd_step, judged_names))
+            profile.update(_profile_zs(lambda sub, on=on, at=at: on.episode_losses(at(sub)), best_x[judged],
+                                       profile_step, judged_names))
+            evaluations += 2 * (1 + 2 * len(judged))
         residual = replayer.residuals(params_of(best_x, latency))
 
         # 4. Sensor noise from the residuals' step-to-step differences.
@@ -633,6 +688,9 @@ class ProbeConfig:
             metres: with the position servos' stiffness this sets the normal force on the table. (8 mm made a low
             friction, 0.66 of nominal, three times as visible, but the contact-rich drag then misled the mass.)
         close_steps: Control steps the grip must have been commanded closed before the drag starts.
+        weigh_height: Before the drag, the grasped object is lifted this far (metres), held still there for
+            ``weigh_steps`` control steps, and lowered again (0 or ``weigh_steps=0``: no weighing).
+        weigh_steps: How long the object is held aloft.
     """
 
     settle_steps: int = 3
@@ -640,18 +698,23 @@ class ProbeConfig:
     drag_step: float = 0.005
     press_depth: float = 0.004
     close_steps: int = 6
+    weigh_height: float = 0.02
+    weigh_steps: int = 36
 
     def __post_init__(self) -> None:
         if self.settle_steps < 1 or self.close_steps < 1:
             raise ConfigError(f"probe settle_steps and close_steps must be >= 1, got {self.settle_steps}, "
                               f"{self.close_steps}")
-        if self.drag_distance < 0 or self.drag_step <= 0 or self.press_depth < 0:
-            raise ConfigError(f"probe drag_distance and press_depth must be >= 0 and drag_step > 0, got "
-                              f"{self.drag_distance}, {self.drag_step}, {self.press_depth}")
+        if self.drag_distance < 0 or self.drag_step <= 0 or self.press_depth < 0 or self.weigh_height < 0 \
+                or self.weigh_steps < 0:
+            raise ConfigError(f"probe drag_distance, press_depth, weigh_height and weigh_steps must be >= 0 and "
+                              f"drag_step > 0, got {self.drag_distance}, {self.press_depth}, {self.weigh_height}, "
+                              f"{self.weigh_steps} and {self.drag_step}")
 
 
 class DragProbe:
-    """Runs an actor, but after its first grasp presses the held object onto the table and drags it there and back.
+    """Runs an actor, but after its first grasp weighs the held object, then presses it onto the table and drags it
+    there and back.
 
     Sliding friction hardly shows in pick-and-place episodes: a held object slides on nothing, so identification
     from them cannot pin it down (on PegInsert the estimate came out 40-65% off while sysid rightly reported it
@@ -665,6 +728,11 @@ class DragProbe:
 
     The drag goes along x, toward the workspace centre, then back; it lowers the command by ``press_depth`` first
     and raises it again after.
+
+    Before the drag it **weighs** the object: lifts it by ``weigh_height``, holds it still there for
+    ``weigh_steps`` and lowers it again. Held aloft, the object's weight sags the gripper's z servo (0.33 mm for
+    PegInsert's 50 g peg at nominal gain), and nothing else touches it, so the mass shows without the contacts that
+    make it chaotic in the drag (:func:`carry_prefixes` ends at the lowering).
 
     Args:
         actor: Has ``reset(seed)`` and ``act(obs)`` (e.g. a :class:`SettlingActor` of a scripted expert).
@@ -687,21 +755,28 @@ class DragProbe:
         self._script, self._closed_for, self._dragged = [], 0, False
 
     def _moves(self, direction: float) -> list[np.ndarray]:
-        """The drag as (dx, dy, dz) increments per control step, metres."""
+        """The weighing and the drag as (dx, dy, dz) increments per control step, metres."""
         cfg = self.cfg
-        n = max(int(round(cfg.drag_distance / cfg.drag_step)), 1)
-        step = direction * cfg.drag_distance / n
-        still, out_, back = np.zeros(3), np.array([step, 0.0, 0.0]), np.array([-step, 0.0, 0.0])
-        press, lift = np.array([0.0, 0.0, -cfg.press_depth]), np.array([0.0, 0.0, cfg.press_depth])
-        # Pauses let the servos settle, so each stroke starts and ends at rest.
-        return [still, still, press, still, still, still, *[out_] * n, still, still, still, *[back] * n,
-                still, still, still, lift, still, still]
+        still, moves = np.zeros(3), []
+        if cfg.weigh_height > 0 and cfg.weigh_steps > 0:
+            k = max(int(math.ceil(cfg.weigh_height / cfg.drag_step)), 1)
+            up, down = np.array([0.0, 0.0, cfg.weigh_height / k]), np.array([0.0, 0.0, -cfg.weigh_height / k])
+            moves += [*[up] * k, *[still] * cfg.weigh_steps, *[down] * k]
+        if cfg.drag_distance > 0:
+            n = max(int(round(cfg.drag_distance / cfg.drag_step)), 1)
+            step = direction * cfg.drag_distance / n
+            out_, back = np.array([step, 0.0, 0.0]), np.array([-step, 0.0, 0.0])
+            press, lift = np.array([0.0, 0.0, -cfg.press_depth]), np.array([0.0, 0.0, cfg.press_depth])
+            # Pauses let the servos settle, so each stroke starts and ends at rest.
+            moves += [still, still, press, still, still, still, *[out_] * n, still, still, still, *[back] * n,
+                      still, still, still, lift, still, still]
+        return moves
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         if self._script:
             return self._script.pop(0)
         action = np.asarray(self.actor.act(obs), dtype=np.float32)
-        if self._dragged or self.cfg.drag_distance == 0:
+        if self._dragged or not self._moves(1.0):
             return action
         self._closed_for = self._closed_for + 1 if closes_grip(action) else 0
         if self._closed_for >= self.cfg.close_steps:

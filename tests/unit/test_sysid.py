@@ -23,6 +23,7 @@ from roboloop.sim2real.sysid import (
     ProbeConfig,
     SettlingActor,
     _profile_zs,
+    carry_prefixes,
     free_motion_prefixes,
     identify,
     probe_actor,
@@ -187,7 +188,7 @@ class ClosesAfter:
 
 
 def test_the_drag_probe_drags_once_after_the_grasp_and_puts_the_object_back() -> None:
-    cfg = ProbeConfig(drag_distance=0.03, drag_step=0.005, press_depth=0.004, close_steps=3)
+    cfg = ProbeConfig(drag_distance=0.03, drag_step=0.005, press_depth=0.004, close_steps=3, weigh_steps=0)
     probe = DragProbe(ClosesAfter(open_steps=2), max_delta_pos=0.015, cfg=cfg)
     state = np.zeros(30, np.float32)
     state[0] = 0.1  # right of centre: the drag goes toward -x first
@@ -216,13 +217,43 @@ def test_the_drag_probe_drags_once_after_the_grasp_and_puts_the_object_back() ->
         DragProbe(ClosesAfter(0), max_delta_pos=0.004, cfg=cfg)  # a drag step beyond one action's reach
     with pytest.raises(ConfigError):
         ProbeConfig(drag_step=0.0)
+    with pytest.raises(ConfigError):
+        ProbeConfig(weigh_steps=-1)
+
+
+def test_the_probe_weighs_the_object_aloft_before_the_drag_and_the_carry_prefix_ends_there() -> None:
+    cfg = ProbeConfig(drag_distance=0.03, drag_step=0.005, press_depth=0.004, close_steps=3, weigh_height=0.02,
+                      weigh_steps=5)
+    probe = DragProbe(ClosesAfter(open_steps=2), max_delta_pos=0.015, cfg=cfg)
+    probe.reset()
+    obs = {STATE_KEY: np.zeros(30, np.float32)}
+    actions = np.array([probe.act(obs) for _ in range(80)])
+    dz = actions[5:, 2] * 0.015
+    np.testing.assert_allclose(dz[:4], 0.005)  # up 2 cm in drag steps
+    np.testing.assert_array_equal(actions[9:14, :4], 0.0)  # held still aloft
+    np.testing.assert_allclose(dz[9:13], -0.005)  # lowered again, then the drag presses
+    assert dz[13:].min() == pytest.approx(-0.004) and dz.sum() == pytest.approx(0.0, abs=1e-7)
+    assert (actions[2:, 4] == 1).all()  # held through it all
+
+    # The carry prefix: up to the first downward command after a closed-grip lift; none without a lift.
+    episode = Episode({STATE_KEY: np.zeros((81, 1), np.float32)}, actions, np.zeros(80), np.zeros(80, bool),
+                      np.zeros(80, bool))
+    down_before_grasp = actions.copy()
+    down_before_grasp[0, 2] = -1.0  # an open-grip descent does not end it
+    never_lifts = actions.copy()
+    never_lifts[:, 2] = np.minimum(never_lifts[:, 2], 0.0)
+    prefixes = carry_prefixes([episode, replace(episode, actions=down_before_grasp),
+                               replace(episode, actions=never_lifts)])
+    assert [len(p) for p in prefixes] == [5 + 9, 5 + 9]
+    for p in prefixes:
+        p.validate()
 
 
 def test_dragging_the_grasped_peg_makes_friction_identifiable() -> None:
     """Friction alone, from 3 short PegInsert probes under 1.3x friction; the drag (from about step 60) is what
     shows it: held pegs do not slide."""
     true = {"friction_scale": 1.3, "action_latency_steps": 0, "obs_noise_std": 2e-4}
-    episodes = logged_episodes("PegInsert", true, n=3, steps=100, probe=ProbeConfig())
+    episodes = logged_episodes("PegInsert", true, n=3, steps=100, probe=ProbeConfig(weigh_steps=0))
     cfg = IdentificationConfig(parameters=["friction_scale"], popsize=6, max_evaluations=36, rounds=1,
                                max_latency_steps=0, min_steps=100)
     ident = identify("PegInsert", episodes, cfg)
