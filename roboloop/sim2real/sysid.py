@@ -16,8 +16,9 @@ log-likelihood up to constants.
 2. **Physical scales**, in log space, by CMA-ES (the ``cma`` package; a shrinking grid for a single scale). The
    search starts at nominal and stays in ``bounds``. It is gradient-free because contacts make the error rugged.
    It is staged: the actuator scales (gain, damping) first, from each episode's free-motion prefix (up to the
-   first closing grip command: the gripper touches nothing there); then the contact scales (mass, friction) over
-   whole episodes with the actuator scales held.
+   first closing grip command: the gripper touches nothing there); then the mass from each episode's carry prefix
+   (up to the first lowering after a lift with the grip closed: the object hangs in the fingers and touches
+   nothing else, :func:`carry_prefixes`); then the rest (friction) over whole episodes with those held.
 3. **Uncertainty**: the sandwich (robust) covariance with episodes as the independent units,
    ``H^-1 V H^-1 / n_episodes``. ``V`` is the covariance of the episodes' gradients of the error in the log scales
    and ``H`` the Gauss-Newton Hessian of the mean error, from the residuals' Jacobian; both by central finite
@@ -25,12 +26,14 @@ log-likelihood up to constants.
    damping). Contacts make a replay jump when a grasp or a collision turns out differently; ``V`` counts those
    jumps as noise, where a Gauss-Newton covariance alone would count them as information. A scale whose std
    exceeds ``max_relative_std`` (or that loads on a direction of zero curvature) is reported as not identifiable
-   from these episodes. Domain randomization then keeps its ``fallback_range`` for it. Curvature from a small
+   from these episodes. Domain randomization then keeps its ``fallback_range`` for it. A scale searched on the
+   carry prefixes is judged on them too. Curvature from a small
    finite-difference step can be fooled on a flat but rugged error (friction seen only through a few contacts
    came out 0.62 +- 3% against 1.2 true), so a scale must also pass a **profile check**: moved
    ``2 * max_relative_std`` either way (alone), the error must rise on the episodes with a paired z of at least
    ``profile_z`` on both sides. Pick-and-place alone barely depends on sliding friction; the probes of
-   ``roboloop sysid`` therefore drag what they grasp over the table (:class:`DragProbe`).
+   ``roboloop sysid`` therefore drag what they grasp over the table (:class:`DragProbe`), and they weigh it (hold
+   it still aloft) before, for the mass.
 4. **Sensor noise**: the std of the residuals' step-to-step differences, divided by sqrt(2). Model error is smooth
    in time and white noise is not, so differencing separates the two.
 
@@ -597,8 +600,10 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
 
         for round_ in range(cfg.rounds):
             replayer.refine_gripper_starts(params_of(best_x, latency))
-            best_x, best_loss = _search(whole_losses, best_x, whole_losses([best_x])[0], dims, cfg.sigma0 / 2**round_,
-                                        (low, high), cfg, cfg.seed + 1 + round_, on_generation)
+            best_loss = whole_losses([best_x])[0]
+            if dims:  # nothing is left to search when the stages before took every scale
+                best_x, best_loss = _search(whole_losses, best_x, best_loss, dims, cfg.sigma0 / 2**round_,
+                                            (low, high), cfg, cfg.seed + 1 + round_, on_generation)
             # The neighbouring latencies again, under the estimated physics.
             neighbours = [lat for lat in (latency - 1, latency + 1) if 0 <= lat <= cfg.max_latency_steps]
             for lat, loss in zip(neighbours, losses([params_of(best_x, lat) for lat in neighbours])):

@@ -261,6 +261,21 @@ def test_dragging_the_grasped_peg_makes_friction_identifiable() -> None:
     assert ident.identifiable["friction_scale"], (ident.relative_stds, ident.profile_zs)
 
 
+def test_weighing_the_grasped_peg_makes_its_mass_identifiable() -> None:
+    """Gains, damping and mass from 3 PegInsert probes under a 1.3x heavier peg (no drag: friction stays nominal).
+    The mass is searched and judged on the carry prefixes, where the peg hangs still in the grip for 36 steps."""
+    true = {"object_mass_scale": 1.3, "action_latency_steps": 0, "obs_noise_std": 2e-4}
+    episodes = logged_episodes("PegInsert", true, n=3, steps=130, probe=ProbeConfig(drag_distance=0.0))
+    assert all(len(p) >= 60 for p in carry_prefixes(episodes))
+    cfg = IdentificationConfig(parameters=["actuator_gain_scale", "actuator_damping_scale", "object_mass_scale"],
+                               popsize=6, max_evaluations=36, rounds=1, max_latency_steps=0, min_steps=100)
+    ident = identify("PegInsert", episodes, cfg)
+    assert ident.estimates["object_mass_scale"] == pytest.approx(1.3, rel=0.1)
+    assert ident.identifiable["object_mass_scale"], (ident.relative_stds, ident.profile_zs)
+    for name in ("actuator_gain_scale", "actuator_damping_scale"):
+        assert ident.estimates[name] == pytest.approx(1.0, rel=0.05), name
+
+
 def test_free_motion_prefixes_end_at_the_first_closing_grip_command() -> None:
     def episode(grips: list[float]) -> Episode:
         T = len(grips)
