@@ -26,9 +26,11 @@ from roboloop.core.errors import ConfigError
 from roboloop.residual_rl.env import env_info
 from roboloop.residual_rl.ppo import PPOConfig
 
+#: Differs only from a policy whose std is fixed (``learn_std=False``, ResiP's choice).
+SB3_LEARNS_STD = "std learned from init_logstd (SB3 always learns it)"
 SB3_DIFFERENCES = (
     "one learning rate (the actor's) for actor and critic",
-    "std learned from init_logstd (SB3 always learns it)",
+    SB3_LEARNS_STD,
     "mean layer with bias, orthogonal init with gain 0.01 (SB3's ortho_init), not zero",
     "reward normalization by VecNormalize(norm_obs=False) rather than inside PPO",
     "no critic warm-up",
