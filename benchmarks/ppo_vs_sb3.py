@@ -14,10 +14,10 @@ Envs (``--env``):
   env_kwargs, n_envs, "sync"), ResidualPolicy.from_base(Policy.load(base), residual), shaping=...)`` with the
   task and env_kwargs from the base's ``meta.json``; step mode with ``align_chunks`` (train-residual's default: a
   restarted env's first base chunk ends at its group's next replanning step, so the base plans for the group in
-  one call), scale 0.25, head 2x256 relu, log std -2 learned by both (the recipe keeps it fixed, as ResiP does;
-  ``--ours-std fixed`` runs ours so, and the 4-seed run of 6a4c503 did: ours 29.8% against SB3's 35.0%),
-  zero-initialized mean layer for ours; the sparse reward plus the dense ``align`` cost floored at -1. Every run
-  builds a fresh ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
+  one call), scale 0.25, head 2x256 relu, log std -2 kept fixed by both (the recipe's, as in ResiP; SB3's frozen
+  by ``sb3_ppo(learn_std=False)``; ``--std learned`` learns it in both), zero-initialized mean layer for ours;
+  the sparse reward plus the dense ``align`` cost floored at -1. Every run builds a fresh ``ResidualPolicy`` (so
+  neither algorithm trains the other's head). PPO:
   32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
   480k env steps (``--steps``; the recipe's 3M-step run evaluated 56% at 480k), 100 evaluation episodes. Ours steps
@@ -93,7 +93,7 @@ from roboloop.envs import task_info
 from roboloop.policies.gaussian_mlp import GaussianMLP
 from roboloop.residual_rl import ResidualPolicy, ResidualVecEnv
 from roboloop.residual_rl.ppo import PPO, PPOConfig
-from roboloop.residual_rl.sb3 import SB3_DIFFERENCES, SB3_LEARNS_STD, sb3_ppo
+from roboloop.residual_rl.sb3 import SB3_DIFFERENCES, sb3_ppo
 
 NAME = "ppo_vs_sb3"
 MIN_SPEED_RATIO = 1.3  # the issue's target, for the residual env
@@ -125,7 +125,7 @@ class Setup:
     hidden_dims: list[int]
     activation: str
     init_logstd: float
-    learn_std: bool  # ours only: SB3 always learns the std
+    learn_std: bool  # both algorithms
     eval_episodes: int
     #: (n_envs, seed, groups) -> (the env, or ``groups`` envs of n_envs / groups each, and our fresh actor)
     build: Callable[[int, int, int], tuple[Any, GaussianMLP]]
@@ -154,7 +154,7 @@ def pendulum_setup(quick: bool, steps: int | None) -> Setup:
 
 
 def residual_setup(base: Path, quick: bool, steps: int | None, n_envs: int | None = None,
-                   learn_std: bool = True) -> Setup:
+                   learn_std: bool = False) -> Setup:
     if not (base / "meta.json").exists():
         raise SystemExit(f"{NAME}: error: --base {str(base)!r} is not a BC checkpoint directory (no meta.json); "
                          f"train one first, e.g. benchmarks/bc_success.py --cases PegInsert_diffusion")
@@ -167,8 +167,7 @@ def residual_setup(base: Path, quick: bool, steps: int | None, n_envs: int | Non
     # config, so that the comparison runs the settings we train with. The fairness settings come on top in main().
     recipe: TrainResidualConfig = compose_config("train-residual", TrainResidualConfig, RECIPE_OVERRIDES)
     residual, ppo = recipe.residual, recipe.ppo
-    # SB3 always learns its std; ours learns it too unless asked to keep the recipe's fixed std (--ours-std fixed).
-    residual = replace(residual, learn_std=learn_std)
+    residual = replace(residual, learn_std=learn_std)  # the recipe's is fixed (ResiP); --std learned for both
     if quick:
         residual = replace(residual, hidden_dims=[16])
     n_envs = n_envs or (2 if quick else recipe.n_envs)
@@ -269,7 +268,7 @@ def run_sb3(setup: Setup, cfg: PPOConfig, n_eval: int) -> dict[str, Any]:
     try:
         start = time.perf_counter()
         model = sb3_ppo(envs, cfg, hidden_dims=setup.hidden_dims, activation=setup.activation,
-                        init_logstd=setup.init_logstd)
+                        init_logstd=setup.init_logstd, learn_std=setup.learn_std)
         model.learn(cfg.total_env_steps, progress_bar=False)
         seconds = time.perf_counter() - start
     finally:
@@ -298,7 +297,7 @@ def warm_up(setup: Setup, cfg: PPOConfig) -> None:
     envs, _ = setup.build(setup.n_envs, cfg.seed)
     try:
         sb3_ppo(envs, cfg, hidden_dims=setup.hidden_dims, activation=setup.activation,
-                init_logstd=setup.init_logstd).learn(cfg.total_env_steps)
+                init_logstd=setup.init_logstd, learn_std=setup.learn_std).learn(cfg.total_env_steps)
     finally:
         envs.close()
 
@@ -314,9 +313,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes (default per env)")
     parser.add_argument("--n-envs", type=int, default=None, help="residual env: parallel envs (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of both algorithms (default 1)")
-    parser.add_argument("--ours-std", choices=("learned", "fixed"), default="learned",
-                        help="residual env: our head's std learned from init_logstd as SB3's always is (default), "
-                             "or fixed as in the train-residual recipe")
+    parser.add_argument("--std", choices=("fixed", "learned"), default="fixed",
+                        help="residual env: both algorithms keep the log std at the recipe's init_logstd (default, "
+                             "as train-residual and ResiP do) or learn it from there")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     base = Path(args.base) if Path(args.base).is_absolute() else REPO_ROOT / args.base
     setup = pendulum_setup(args.quick, args.steps) if env == "pendulum" else residual_setup(
-        base, args.quick, args.steps, args.n_envs, learn_std=args.ours_std == "learned")
+        base, args.quick, args.steps, args.n_envs, learn_std=args.std == "learned")
     batch = setup.cfg.n_steps * setup.n_envs
     budget = setup.cfg.total_env_steps // batch * batch
     if budget < batch:
@@ -359,7 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         mine = [r for r in runs if r["algorithm"] == algo]
         return sum(r["env_steps"] for r in mine) / sum(r["seconds"] for r in mine)
 
-    differences = [d for d in SB3_DIFFERENCES if not (setup.learn_std and d == SB3_LEARNS_STD)]
     ours_rate, sb3_rate = total_rate("ours"), total_rate("sb3")
     ratio = ours_rate / sb3_rate
     pairs = [(runs[2 * i], runs[2 * i + 1]) for i in range(args.repeats)]
@@ -375,13 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": env, "description": setup.description, "env_step_budget": budget, "repeats": args.repeats,
         "n_envs": setup.n_envs, "ours_env_groups": setup.ours_groups, "ppo_config": dataclasses.asdict(base_cfg),
         "actor": {"hidden_dims": setup.hidden_dims, "activation": setup.activation, "init_logstd": setup.init_logstd,
-                  "learn_std_ours": setup.learn_std},
+                  "learn_std": setup.learn_std},
         "torch_threads": torch.get_num_threads(), "eval_episodes": n_eval,
         "runs": runs, "ours_env_steps_per_second": ours_rate, "sb3_env_steps_per_second": sb3_rate,
         "speed_ratio": ratio, "speed_ratio_per_repeat": per_repeat,
         "ours_eval_return": eval_mean("ours", "mean_return"), "sb3_eval_return": eval_mean("sb3", "mean_return"),
         "ours_eval_success": eval_mean("ours", "success_rate"), "sb3_eval_success": eval_mean("sb3", "success_rate"),
-        "sb3_differences": differences, "other_differences": list(OTHER_DIFFERENCES),
+        "sb3_differences": list(SB3_DIFFERENCES), "other_differences": list(OTHER_DIFFERENCES),
     }
 
     def success(value: float | None) -> str:
@@ -397,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.repeats} alternating repeat(s); evaluation: {n_eval} deterministic episodes, seeds {EVAL_SEED}...:",
         markdown_table(["algorithm", "repeat", "seed", "env steps", "seconds", "env steps/s", "eval return",
                         "eval success"], rows),
-        "SB3 differences (`SB3_DIFFERENCES`): " + "; ".join(differences) + ".",
+        "SB3 differences (`SB3_DIFFERENCES`): " + "; ".join(SB3_DIFFERENCES) + ".",
         "Further differences (benchmark notes): " + "; ".join(OTHER_DIFFERENCES) + ".",
     ])
     targets: list[Target] = [

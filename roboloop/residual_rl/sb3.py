@@ -26,11 +26,8 @@ from roboloop.core.errors import ConfigError
 from roboloop.residual_rl.env import env_info
 from roboloop.residual_rl.ppo import PPOConfig
 
-#: Differs only from a policy whose std is fixed (``learn_std=False``, ResiP's choice).
-SB3_LEARNS_STD = "std learned from init_logstd (SB3 always learns it)"
 SB3_DIFFERENCES = (
     "one learning rate (the actor's) for actor and critic",
-    SB3_LEARNS_STD,
     "mean layer with bias, orthogonal init with gain 0.01 (SB3's ortho_init), not zero",
     "reward normalization by VecNormalize(norm_obs=False) rather than inside PPO",
     "no critic warm-up",
@@ -112,9 +109,14 @@ def make_sb3_vec_env(envs: VectorEnv) -> Any:
 
 
 def sb3_ppo(envs: VectorEnv, cfg: PPOConfig, *, hidden_dims: Sequence[int] = (256, 256), activation: str = "relu",
-            init_logstd: float = -1.0, verbose: int = 0) -> Any:
+            init_logstd: float = -1.0, learn_std: bool = True, verbose: int = 0) -> Any:
     """SB3's PPO on ``envs`` with ``cfg``'s settings where SB3 has them (see ``SB3_DIFFERENCES``). Returns the
-    ``stable_baselines3.PPO`` model; train it with ``model.learn(cfg.total_env_steps)``."""
+    ``stable_baselines3.PPO`` model; train it with ``model.learn(cfg.total_env_steps)``.
+
+    ``learn_std=False`` keeps the log std at ``init_logstd``, as ``ResidualConfig.learn_std=False`` (ResiP's
+    choice) does for ours. SB3 has no option for it; its log std is a plain parameter, frozen here, so Adam
+    (which skips parameters without gradients) never moves it.
+    """
     import torch
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -133,6 +135,8 @@ def sb3_ppo(envs: VectorEnv, cfg: PPOConfig, *, hidden_dims: Sequence[int] = (25
         seed=cfg.seed, device="cpu" if cfg.device == "auto" else cfg.device, verbose=verbose,
         policy_kwargs={"net_arch": {"pi": list(hidden_dims), "vf": list(cfg.critic_hidden_dims)},
                        "activation_fn": act, "log_std_init": init_logstd})
+    if not learn_std:
+        model.policy.log_std.requires_grad_(False)
     if not verbose:  # SB3's default logger makes an empty SB3-<date> folder in the temp dir at every learn()
         from stable_baselines3.common.logger import Logger
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 
 from roboloop.core.errors import ConfigError
@@ -56,9 +57,17 @@ def test_sb3_ppo_trains_a_residual_head_on_the_residual_env(lift_demos: Path) ->
     policy = ResidualPolicy.from_base(make_base(lift_demos), ResidualConfig(hidden_dims=[16]))
     envs = ResidualVecEnv(make_vector_env("Lift", {}, 2, "sync"), policy)
     cfg = PPOConfig(total_env_steps=40, n_steps=10, n_epochs=2, n_minibatches=2, progress=False)
-    model = sb3_ppo(envs, cfg, hidden_dims=[16])
+    model = sb3_ppo(envs, cfg, hidden_dims=[16], init_logstd=-2.0)
     model.learn(cfg.total_env_steps)
     assert model.num_timesteps == 40
     obs = envs.reset(seed=0)[0]
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (2, policy.spec.action_dim)
+    assert not torch.allclose(model.policy.log_std, torch.full_like(model.policy.log_std, -2.0))  # learned
+
+    # With learn_std=False the log std stays where it started while the rest trains.
+    fixed = sb3_ppo(envs, cfg, hidden_dims=[16], init_logstd=-2.0, learn_std=False)
+    before = {name: p.detach().clone() for name, p in fixed.policy.named_parameters()}
+    fixed.learn(cfg.total_env_steps)
+    assert torch.equal(fixed.policy.log_std, torch.full_like(fixed.policy.log_std, -2.0))
+    assert not torch.equal(before["action_net.weight"], fixed.policy.action_net.weight)
