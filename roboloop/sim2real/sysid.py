@@ -520,11 +520,15 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
     episodes = [Episode({STATE_KEY: ep.observations[STATE_KEY]}, ep.actions, ep.rewards, ep.terminated,
                         ep.truncated) for ep in episodes]  # images are not compared: do not ship them to workers
     names = list(cfg.parameters)
-    # The mass scale gets a stage of its own on the carry prefixes when there is enough of them (see stage 2).
-    carried = carry_prefixes(episodes)
-    mass_staged = (MASS_SCALE in names and any(n in ACTUATOR_SCALES for n in names)
-                   and sum(len(ep) for ep in carried) >= cfg.min_steps)
-    episode_sets = {"whole": episodes, **({"carry": carried} if mass_staged else {})}
+    # The stages of step 2 (see there), and the episode sets they replay: the actuator scales get the free-motion
+    # prefixes and the mass the carry prefixes when there is enough of them, the rest whole episodes.
+    actuator = [j for j, n in enumerate(names) if n in ACTUATOR_SCALES]
+    contact = [j for j in range(len(names)) if j not in actuator]
+    prefixes, carried = free_motion_prefixes(episodes), carry_prefixes(episodes)
+    staged = bool(actuator and contact and sum(len(ep) for ep in prefixes) >= cfg.min_steps)
+    mass = ([names.index(MASS_SCALE)] if staged and MASS_SCALE in names
+            and sum(len(ep) for ep in carried) >= cfg.min_steps else [])
+    episode_sets = {"whole": episodes, **({"free": prefixes} if staged else {}), **({"carry": carried} if mass else {})}
     replayers = {key: EpisodeReplayer(task, eps, env_kwargs) for key, eps in episode_sets.items()}
     replayer = replayers["whole"]
     pool = (ProcessPoolExecutor(cfg.n_workers, initializer=_init_worker, initargs=(task, episode_sets,
@@ -559,40 +563,25 @@ def identify(task: str, episodes: Sequence[Episode], cfg: IdentificationConfig |
         low, high = math.log(cfg.bounds[0]), math.log(cfg.bounds[1])
         history: list[float] = []
         best_x = np.zeros(len(names))
-        actuator = [j for j, n in enumerate(names) if n in ACTUATOR_SCALES]
-        contact = [j for j in range(len(names)) if j not in actuator]
-        prefixes = free_motion_prefixes(episodes)
-        staged = bool(actuator and contact and sum(len(ep) for ep in prefixes) >= cfg.min_steps)
-        if staged:
-            free = EpisodeReplayer(task, prefixes, env_kwargs)
 
-            def free_losses(candidates: Sequence[np.ndarray]) -> list[float]:
-                nonlocal evaluations
-                evaluations += len(candidates)
-                return [free.loss(params_of(x, latency)) for x in candidates]
+        def losses_on(key: str) -> Callable[[Sequence[np.ndarray]], list[float]]:
+            return lambda candidates: losses([params_of(x, latency) for x in candidates], on=key)
 
-            # In rounds, as below: with the starts refined under nominal gains only, the gains came out 3-7% off.
+        # Each prefix stage in rounds, as the whole episodes below: with the starts refined under nominal gains only,
+        # the gains came out 3-7% off.
+        for key, searched in (("free", actuator), ("carry", mass)):
+            if key not in replayers:
+                continue
+            stage_losses = losses_on(key)
             for round_ in range(cfg.rounds):
-                free.refine_gripper_starts(params_of(best_x, latency))
-                best_x, _ = _search(free_losses, best_x, free_losses([best_x])[0], actuator, cfg.sigma0 / 2**round_,
-                                    (low, high), cfg, cfg.seed + 1 + round_)
-        mass = [names.index(MASS_SCALE)] if mass_staged and staged else []
-        if mass:
-            carry = replayers["carry"]
-
-            def carry_losses(candidates: Sequence[np.ndarray]) -> list[float]:
-                return losses([params_of(x, latency) for x in candidates], on="carry")
-
-            for round_ in range(cfg.rounds):
-                carry.refine_gripper_starts(params_of(best_x, latency))
-                best_x, _ = _search(carry_losses, best_x, carry_losses([best_x])[0], mass, cfg.sigma0 / 2**round_,
-                                    (low, high), cfg, cfg.seed + 1 + round_)
+                replayers[key].refine_gripper_starts(params_of(best_x, latency))
+                best_x, _ = _search(stage_losses, best_x, stage_losses([best_x])[0], searched,
+                                    cfg.sigma0 / 2**round_, (low, high), cfg, cfg.seed + 1 + round_)
         # Then in rounds over whole episodes: each round refines the gripper's start poses under the current
         # estimate (their early-replay offset depends a little on the gains) and searches again, closer.
         dims = [j for j in contact if j not in mass] if staged else list(range(len(names)))
 
-        def whole_losses(candidates: Sequence[np.ndarray]) -> list[float]:
-            return losses([params_of(x, latency) for x in candidates])
+        whole_losses = losses_on("whole")
 
         def on_generation(best: float) -> None:
             history.append(best)
