@@ -17,9 +17,8 @@ Envs (``--env``):
   one call), scale 0.25, head 2x256 relu, log std from -2 learned by both (SB3 always learns it unless frozen;
   ``--std fixed`` keeps it in both, as the recipe and ResiP do, SB3's frozen by ``sb3_ppo(learn_std=False)``;
   the 4-seed run of 6a4c503, ours fixed and SB3 learning, gave ours 29.8% against 35.0%), zero-initialized mean
-  layer for ours;
-  the sparse reward plus the dense ``align`` cost floored at -1. Every run builds a fresh ``ResidualPolicy`` (so
-  neither algorithm trains the other's head). PPO:
+  layer for ours; the sparse reward plus the dense ``align`` cost floored at -1. Every run builds a fresh
+  ``ResidualPolicy`` (so neither algorithm trains the other's head). PPO:
   32 envs, n_steps 150, 4 minibatches (of 1200), 10 epochs, lr 3e-4 (actor and critic) annealed, gamma 0.99,
   lambda 0.95, clip 0.2, vf_coef 1.0, max_grad_norm 1.0, target KL 0.05, reward normalization, critic 2x256 relu,
   480k env steps (``--steps``; the recipe's 3M-step run evaluated 56% at 480k), 100 evaluation episodes. Ours steps
