@@ -197,17 +197,14 @@ class Sim2RealConfig:
     continued by the next iteration).
     With ``hold_for_latency`` (the default) that retraining and the deployment after it run with the env's
     ``hold_steps`` set to the identified action latency: the policy decides every ``1 + latency`` control steps and
-    holds in between, so its command has taken effect before it observes again. A policy trained at full rate fails
-    under a latency it does not know (the real proxy's one step of latency takes the nominal PegInsert residual from 92%
-    to 18% in simulation) and PPO at full rate under that latency learns slowly (continuing that residual it stays near
-    40% for 960k env steps; a latency-aware head trained from zero evaluated at most 18% within 1.15M), while the same
-    policy holding every other step keeps about 85% before any retraining. The time limit stays in control steps, so
-    holding gets no more time (holding at the nominal action scale, even the scripted expert times out in 10 of 40 proxy
-    episodes). With ``average_held_readings`` (the default) a holding env observes the mean of its state readings over
-    the held control steps (``BaseEnv``'s ``average_held_readings``), in retraining and on the robot alike: the proxy's
-    sensor noise (0.2 mm against the peg's 0.5 mm clearance) is what the held policy fails on, and averaging two
-    readings divides it by sqrt(2). With ``reclone.enabled`` (off by default: on the real proxy's PegInsert, continuing
-    the held residual did better) the first retraining that must hold a policy trained at another rate re-clones it
+    holds in between, so its command has taken effect before it observes again. A policy trained at full rate
+    fails under a latency it does not know (the real proxy's one step of latency takes the nominal PegInsert residual
+    from 92% to 18% in simulation) and PPO at full rate under that latency learns slowly (continuing that residual it
+    stays near 40% for 960k env steps; a latency-aware head trained from zero evaluated at most 18% within 1.15M), while
+    the same policy holding every other step keeps about 85% before any retraining. The time limit stays in control
+    steps, so holding gets no more time (holding at the nominal action scale, even the scripted expert times out in 10
+    of 40 proxy episodes). With ``reclone.enabled`` (off by default: on the real proxy's PegInsert, continuing the
+    held residual did better) the first retraining that must hold a policy trained at another rate re-clones it
     instead (``reclone``): the scripted expert demonstrates in the identified simulation at that rate with
     ``reclone.max_delta_pos_factor`` times the action scale, a new base is cloned from those demonstrations with the old
     base's policy config, and a new residual is trained on it from a zero head (``reclone.residual``, ``reclone.ppo``;
@@ -227,7 +224,6 @@ class Sim2RealConfig:
         probe_episodes: Identification episodes run after each deployment (0: identify from deployments).
         probe: How the probes act (the expert's settling, the drag after its grasp).
         hold_for_latency: Retrain and deploy with ``hold_steps`` = the identified action latency (see above).
-        average_held_readings: A holding env observes the mean of the readings over its held steps (see above).
         identification_episodes: Identify from at most this many of the latest probe (or real) episodes.
         target_success: Stop once a deployment's success reaches this.
         confirm_episodes: Episodes of the identified simulation on which each retraining's ``best`` and ``last``
@@ -248,7 +244,6 @@ class Sim2RealConfig:
     probe_episodes: int = 5
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     hold_for_latency: bool = True
-    average_held_readings: bool = True
     identification_episodes: int = 40
     target_success: float = 0.9
     confirm_episodes: int = 100
@@ -380,8 +375,6 @@ def run_sim2real(cfg: Sim2RealConfig) -> int:
         env_kwargs: dict[str, Any] = {**cfg.train.env_kwargs, "randomization": ranges}
         if cfg.hold_for_latency:
             env_kwargs["hold_steps"] = ident.action_latency_steps
-            if cfg.average_held_readings and ident.action_latency_steps > 0:
-                env_kwargs["average_held_readings"] = True
         trained_at = read_meta(checkpoint).get("env_kwargs", {}).get("hold_steps", 0)
         reclone: dict[str, Any] = {}
         if cfg.reclone.enabled and env_kwargs.get("hold_steps", 0) > 0 and trained_at != env_kwargs["hold_steps"]:

@@ -131,11 +131,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             action latency of up to ``hold_steps`` steps. The reward is summed over the held steps, the episode ends
             on the first successful one, and the time limit stays in control steps (the robot's time): the env
             truncates itself after the task's ``max_episode_steps`` control steps.
-        average_held_readings: With ``hold_steps``, ``observation.state`` is the mean of the state readings after each
-            of the ``1 + hold_steps`` control steps instead of the last reading alone. Independent sensor noise
-            shrinks by ``sqrt(1 + hold_steps)``; the price is a lag of ``hold_steps / 2`` control steps in what
-            moves, which is small while the arm settles on a held setpoint (a physical robot's driver can average
-            the readings it takes at every control step the same way). Images are the last frame.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -163,7 +158,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         max_delta_yaw: float = 0.3,
         proprio: bool = False,
         hold_steps: int = 0,
-        average_held_readings: bool = False,
     ) -> None:
         self.cameras = tuple(cameras)
         unknown = [c for c in self.cameras if c not in scene.CAMERA_NAMES]
@@ -200,7 +194,6 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.max_delta_yaw = float(max_delta_yaw)
         self.proprio = bool(proprio)
         self.hold_steps = int(hold_steps)
-        self.average_held_readings = bool(average_held_readings)
         # The registered episode limit, in control steps; a holding env enforces it itself (TimeLimit counts
         # decisions, of which there are 1 + hold_steps times fewer).
         self._time_limit = task_info(self.task_name).max_episode_steps
@@ -333,19 +326,15 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             return self._observation(), reward, success and self.terminate_on_success, False, terms
         hold = hold_action(action)
         reward, truncated = 0.0, False
-        readings: list[np.ndarray] = []
         for k in range(1 + self.hold_steps):
             success, terms = self._control_step(action if k == 0 else hold)
             reward += float(success) if self.reward_type == "sparse" else float(sum(terms.values()))
-            if self.average_held_readings:
-                readings.append(self._state_reading())
             truncated = self._control_steps >= self._time_limit
             if (success and self.terminate_on_success) or truncated:
                 break
         terms["is_success"] = success
         terminated = success and self.terminate_on_success
-        state = np.mean(readings, axis=0) if readings else None
-        return self._observation(state), reward, terminated, truncated and not terminated, terms
+        return self._observation(), reward, terminated, truncated and not terminated, terms
 
     def _control_step(self, action: np.ndarray) -> tuple[bool, dict[str, float]]:
         """Send ``action`` (clipped) through the latency queue, run one control period, evaluate the task."""
@@ -466,8 +455,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         d.ctrl[:4] = np.minimum(np.maximum(setpoint, self._ctrl_low), self._ctrl_high)
         d.ctrl[4:6] = (action[4] + 1.0) * (0.5 * scene.FINGER_TRAVEL)
 
-    def _state_reading(self) -> np.ndarray:
-        """``observation.state`` as the sensors read it now (with their noise): ``(state_dim,)`` float64."""
+    def _observation(self) -> dict[str, np.ndarray]:
         d = self.data
         g = self._grip_qpos
         state = np.empty(self.state_dim, dtype=np.float64)
@@ -478,13 +466,7 @@ class ManipulationEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         state[5] = scene.MAX_OPENING - d.qpos[self._finger_qpos].sum()
         state[6:9] = d.qvel[self._grip_qvel : self._grip_qvel + 3]
         self._task_observation(state[9:])
-        return self._obs_noise(state)
-
-    def _observation(self, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The observation dict, its ``observation.state`` read now unless ``state`` (a reading) is given."""
-        if state is None:
-            state = self._state_reading()
-        obs = {STATE_KEY: state.astype(np.float32)}
+        obs = {STATE_KEY: self._obs_noise(state).astype(np.float32)}
         if self.proprio:
             obs[PROPRIO_KEY] = obs[STATE_KEY][: sum(PROPRIO_STRUCTURE.values())].copy()
         if self.cameras:

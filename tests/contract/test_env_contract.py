@@ -219,29 +219,3 @@ def test_hold_steps_act_then_hold_within_the_same_time_limit(latency: int) -> No
     assert held.metadata["render_fps"] == 5.0
     with pytest.raises(ConfigError, match="hold_steps must be an integer >= 0"):
         make("Lift", hold_steps=-1)
-
-
-def test_average_held_readings_observes_the_mean_of_the_readings_over_the_held_steps() -> None:
-    """With ``average_held_readings`` a holding env's state is the mean of the noisy readings after each control
-    step it ran (the plain env's observations, same noise draws); the noise shrinks by sqrt(1 + hold_steps)."""
-    from roboloop.envs.experts import make_expert
-
-    kwargs = {"randomization": {"obs_noise_std": 0.01}}
-    held, plain = make("Lift", hold_steps=1, average_held_readings=True, **kwargs), make("Lift", **kwargs)
-    expert = make_expert("Lift", plain.unwrapped, seed=0)
-    obs, _ = held.reset(seed=3)
-    plain_obs, _ = plain.reset(seed=3)
-    expert.reset(3)
-    np.testing.assert_array_equal(obs["observation.state"], plain_obs["observation.state"])
-    for _ in range(10):
-        action = expert.act(obs)
-        obs, *_ = held.step(action)
-        readings = [plain.step(sent.astype(np.float32))[0]["observation.state"]
-                    for sent in (action, np.r_[np.zeros(4), np.clip(action[4], -1, 1)])]
-        np.testing.assert_allclose(obs["observation.state"], np.mean(readings, axis=0), atol=1e-6)
-    # At rest (hold actions only) the held observation scatters around the truth by 0.01 / sqrt(2).
-    rest, env = np.r_[np.zeros(4), -1.0].astype(np.float32), held.unwrapped
-    errors = [held.step(rest)[0]["observation.state"][:3] - env.data.qpos[env._grip_qpos : env._grip_qpos + 3]
-              for _ in range(20)]
-    scatter = np.std(errors)
-    assert 0.005 < scatter < 0.0085

@@ -94,7 +94,6 @@ def test_sim2real_deploys_identifies_retrains_and_resumes(tiny_residual: Path, t
     # ... at the identified latency's rate (the proxy's is 1 or 2 steps), which its deployment used too.
     latency = report["trainings"]["1"]["identification"]["action_latency_steps"]
     assert meta["env_kwargs"]["hold_steps"] == report["trainings"]["1"]["hold_steps"] == latency > 0
-    assert meta["env_kwargs"]["average_held_readings"] is True  # the held policy observes averaged readings
     # The nominal policy never held, so the first retraining re-cloned it: expert demonstrations in the identified
     # simulation at 3x Lift's action scale, a BC base with the old base's config, a new residual on that base.
     reclone = report["trainings"]["1"]["reclone"]
