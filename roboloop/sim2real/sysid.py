@@ -19,21 +19,20 @@ log-likelihood up to constants.
    first closing grip command: the gripper touches nothing there); then the mass from each episode's carry prefix
    (up to the first lowering after a lift with the grip closed: the object hangs in the fingers and touches
    nothing else, :func:`carry_prefixes`); then the rest (friction) over whole episodes with those held.
-3. **Uncertainty**: the sandwich (robust) covariance with episodes as the independent units,
-   ``H^-1 V H^-1 / n_episodes``. ``V`` is the covariance of the episodes' gradients of the error in the log scales
-   and ``H`` the Gauss-Newton Hessian of the mean error, from the residuals' Jacobian; both by central finite
-   differences. Being full matrices, they widen the stds of scales that trade off along a valley (gain and
-   damping). Contacts make a replay jump when a grasp or a collision turns out differently; ``V`` counts those
-   jumps as noise, where a Gauss-Newton covariance alone would count them as information. A scale whose std
-   exceeds ``max_relative_std`` (or that loads on a direction of zero curvature) is reported as not identifiable
-   from these episodes. Domain randomization then keeps its ``fallback_range`` for it. A scale searched on the
-   carry prefixes is judged on them too. Curvature from a small
-   finite-difference step can be fooled on a flat but rugged error (friction seen only through a few contacts
-   came out 0.62 +- 3% against 1.2 true), so a scale must also pass a **profile check**: moved
+3. **Uncertainty**: the sandwich (robust) covariance with episodes as the independent units, ``H^-1 V H^-1 /
+   n_episodes``. ``V`` is the covariance of the episodes' gradients of the error in the log scales and ``H`` the
+   Gauss-Newton Hessian of the mean error, from the residuals' Jacobian; both by central finite differences. Being
+   full matrices, they widen the stds of scales that trade off along a valley (gain and damping). Contacts make a
+   replay jump when a grasp or a collision turns out differently; ``V`` counts those jumps as noise, where a
+   Gauss-Newton covariance alone would count them as information. A scale whose std exceeds ``max_relative_std`` (or
+   that loads on a direction of zero curvature) is reported as not identifiable from these episodes. Domain
+   randomization then keeps its ``fallback_range`` for it. A scale searched on the carry prefixes is judged on them
+   too. Curvature from a small finite-difference step can be fooled on a flat but rugged error (friction seen only
+   through a few contacts came out 0.62 +- 3% against 1.2 true), so a scale must also pass a **profile check**: moved
    ``2 * max_relative_std`` either way (alone), the error must rise on the episodes with a paired z of at least
-   ``profile_z`` on both sides. Pick-and-place alone barely depends on sliding friction; the probes of
-   ``roboloop sysid`` therefore drag what they grasp over the table (:class:`DragProbe`), and they weigh it (hold
-   it still aloft) before, for the mass.
+   ``profile_z`` on both sides. Pick-and-place alone barely depends on sliding friction; the probes of ``roboloop
+   sysid`` therefore drag what they grasp over the table (:class:`DragProbe`), and they weigh it (hold it still
+   aloft) before, for the mass.
 4. **Sensor noise**: the std of the residuals' step-to-step differences, divided by sqrt(2). Model error is smooth
    in time and white noise is not, so differencing separates the two.
 
