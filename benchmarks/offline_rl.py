@@ -12,9 +12,15 @@ is run again):
   side: ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps
   (one env, one update per env step, half of each batch offline), evaluated every ``--eval-every`` updates on
   ``--episodes`` episodes. Targets (each algorithm): final success >= offline success + 20 points; no evaluation in
-  the first 20k online steps more than 10 points below the offline success (the Cal-QL claim).
+  the first 20k online steps more than 10 points below the offline success (the Cal-QL claim). Cal-QL samples
+  ``--calql-n-actions`` actions per state for each part of its conservative term (default 4, not the reference 10:
+  the term's cost is linear in it, and on 2 CPU threads 10 runs about 14 updates/s, 4 about 30).
 
     .venv/bin/python benchmarks/offline_rl.py [--cases hopper,peginsert] [--algos calql,iql] [--quick]
+
+Cal-QL and IQL can run side by side, one core each: ``OMP_NUM_THREADS=1 ... --algos iql`` in one clone and
+``OMP_NUM_THREADS=1 ... --algos calql`` in another (each writes its tiers and runs under its own ``outputs/``); copy
+the first one's result file into the second clone before the second finishes, which then keeps both.
 
 ``--quick`` runs both cases at toy sizes (plumbing only; no targets but finiteness).
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from common import REPO_ROOT, Target, finish, fmt, markdown_table, parse_args, pct, result_path, target
 
 from roboloop.cli.train_offline import TrainOfflineConfig, train_offline
@@ -38,6 +45,7 @@ from roboloop.datasets import EpisodeStore
 from roboloop.datasets.agent_tiers import AgentConfig
 from roboloop.datasets.tiers import TiersConfig, make_tiers
 from roboloop.envs.evaluation import EvalConfig
+from roboloop.offline_rl.calql import CalQLConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig
 
 NAME = "offline_rl"
@@ -55,6 +63,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--online-steps", type=int, default=200_000, help="PegInsert online env steps")
     parser.add_argument("--eval-every", type=int, default=10_000, help="PegInsert updates between evaluations")
     parser.add_argument("--episodes", type=int, default=50, help="PegInsert evaluation episodes")
+    parser.add_argument("--calql-n-actions", type=int, default=4,
+                        help="Cal-QL's sampled actions per state for each part of the conservative term")
     parser.add_argument("--algos", default=",".join(ALGOS),
                         help="PegInsert algorithms to run; the others keep their stored result")
 
@@ -114,12 +124,13 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     offline_steps, online_steps = (100, 100) if quick else (args.offline_steps, args.online_steps)
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
+    calql = CalQLConfig(n_actions=args.calql_n_actions)
     result: dict[str, Any] = {"dataset": str(dataset), "offline_steps": offline_steps, "online_env_steps": online_steps,
                               "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
     for algo in algos:
         for run_dir in (out / algo, out / f"{algo}_online"):
             shutil.rmtree(run_dir, ignore_errors=True)
-        base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo),
+        base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo), calql=calql,
                                   train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,
                                                         checkpoint_every=eval_every, log_every=max(eval_every // 10, 1),
                                                         progress=False))
@@ -135,7 +146,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         result["algorithms"][algo] = {
             "offline_success": offline_success, "final_success": curve[-1]["success_rate"],
             "min_success_first_20k": min(early) if early else None, "curve": curve,
-            "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds}
+            "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
+            "torch_threads": torch.get_num_threads(), **({"n_actions": calql.n_actions} if algo == "calql" else {})}
     stored = stored_cases(quick).get("peginsert")
     if stored is not None and all(stored.get(k) == result[k] for k in ("offline_steps", "online_env_steps",
                                                                           "eval_episodes")):
