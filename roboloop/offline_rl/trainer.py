@@ -60,6 +60,10 @@ class OffPolicyConfig:
         batch_size: Transitions per update.
         utd_ratio: Updates per online vector-env step (RLPD: 20 with one env).
         offline_fraction: Share of each online-phase batch drawn from the offline data (RLPD: 0.5).
+        exploration_noise: How the online phase acts. None: samples of the actor's own distribution (SAC, IQL,
+            Cal-QL). A value: the actor's mode plus Gaussian noise of this std in action units, clipped to the
+            action space (TD3's exploration), for tasks that need more precision than the learned spread allows
+            (PegInsert: 0% success at expert noise 0.3, while IQL's learned std on its mixed tier is 0.43-0.58).
         online_capacity: Size of the online buffer.
         log_every: Updates between log records.
         eval_every: Updates between evaluations (0: only at the end).
@@ -74,6 +78,7 @@ class OffPolicyConfig:
     batch_size: int = 256
     utd_ratio: int = 1
     offline_fraction: float = 0.5
+    exploration_noise: float | None = None
     online_capacity: int = 1_000_000
     log_every: int = 1000
     eval_every: int = 10_000
@@ -90,6 +95,9 @@ class OffPolicyConfig:
             raise ConfigError("batch_size, utd_ratio, online_capacity, log_every and checkpoint_every must be >= 1")
         if not 0.0 <= self.offline_fraction <= 1.0:
             raise ConfigError(f"offline_fraction must be in [0, 1], got {self.offline_fraction}")
+        if self.exploration_noise is not None and not self.exploration_noise >= 0:
+            raise ConfigError(f"exploration_noise must be None (the actor's own samples) or >= 0, got "
+                              f"{self.exploration_noise}")
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
 
@@ -160,10 +168,7 @@ class OffPolicyTrainer:
                 obs, _ = self.envs.reset(seed=[cfg.seed * 1000 + self.online_env_steps + i for i in range(n_envs)])
                 episodes = EpisodeTracker(n_envs)
                 while self.online_env_steps < cfg.online_env_steps:
-                    with torch.no_grad():
-                        out = self.agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32))
-                    space = self.envs.single_action_space
-                    action = np.clip(out.env_action.cpu().numpy(), space.low, space.high).astype(space.dtype)
+                    action = self._explore(obs, generator)
                     next_obs, reward, terminated, truncated, infos = self.envs.step(action)
                     reward = np.asarray(reward, dtype=np.float64)
                     self.online_env_steps += n_envs
@@ -184,6 +189,17 @@ class OffPolicyTrainer:
         self._save()
         return OffPolicyResult(self.updates, self.online_env_steps, time.perf_counter() - t0, self.history,
                                self.last_dir)
+
+    def _explore(self, obs: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        """The online phase's actions (N, A) for observations (N, D), in the action space (``exploration_noise``)."""
+        noise = self.cfg.exploration_noise
+        with torch.no_grad():
+            out = self.agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32), deterministic=noise is not None)
+        action = out.env_action.cpu()
+        if noise:
+            action = action + noise * torch.randn(action.shape, generator=generator)
+        space = self.envs.single_action_space
+        return np.clip(action.numpy(), space.low, space.high).astype(space.dtype)
 
     def _after_update(self, window: list[dict[str, float]], writer: Any, bar: tqdm, *, phase: str,
                       episodes: EpisodeTracker | None = None) -> None:

@@ -79,3 +79,26 @@ def test_online_phase_stores_final_observations_and_mixes_data(tmp_path: Path) -
     with pytest.raises(InputError, match="do not match"):
         OffPolicyTrainer(agent, ReplayBuffer(3, 1, 4), config(online_env_steps=2), tmp_path / "x", envs=envs)
     envs.close()
+
+
+def test_exploration_noise_acts_around_the_actors_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    actor = TanhGaussianMLP(2, 1, hidden_dims=(16,))
+    agent = SAC(actor, 2, 1, SACConfig(n_critics=2, hidden_dims=[16]))
+    envs = make_envs(2, max_steps=5)
+    obs = np.array([[0.3, 0.0], [-0.5, 0.2]], dtype=np.float32)
+    mode = actor.sample(torch.as_tensor(obs), deterministic=True).env_action.detach().numpy()
+
+    def trainer(noise: float | None) -> OffPolicyTrainer:
+        return OffPolicyTrainer(agent, random_point_mass_data(), config(online_env_steps=2, exploration_noise=noise),
+                                tmp_path / str(noise), envs=envs)
+
+    assert np.allclose(trainer(0.0)._explore(obs, torch.Generator().manual_seed(1)), mode)
+    noisy = [trainer(0.5)._explore(obs, torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert np.array_equal(noisy[0], noisy[1]) and not np.allclose(noisy[0], mode)  # seeded, and off the mode
+    assert (np.abs(noisy[0]) <= 1.0).all()  # clipped to the action space
+    sampled = trainer(None)._explore(obs, torch.Generator().manual_seed(1))
+    assert sampled.shape == mode.shape and not np.allclose(sampled, mode)  # the actor's own distribution
+    with pytest.raises(ConfigError, match="exploration_noise"):
+        config(exploration_noise=-0.1)
+    envs.close()
