@@ -1,7 +1,7 @@
 """Offline RL: IQL on Hopper-v5 ``medium`` against its behavior data; offline-to-online Cal-QL and IQL on PegInsert.
 
-Cases (``--cases hopper,peginsert``; each case's result is kept in ``benchmarks/results/offline_rl.json`` until it
-is run again):
+Cases (``--cases hopper,peginsert``; each case's result, and each PegInsert algorithm's, is kept in
+``benchmarks/results/offline_rl.json`` with the commit it ran at until it is run again):
 
 * ``hopper``: ``roboloop make-tiers task=Hopper-v5 tiers=[medium] n_episodes=1000`` (which first trains the
   stable-baselines3 PPO agent, 1M env steps, cached in ``data/agents/``), then ``roboloop train-offline algo=iql``
@@ -20,7 +20,8 @@ is run again):
   collapsed). IQL keeps its locomotion settings (expectile 0.7, temperature 3, rewards as they are): with its
   AntMaze ones (``r - 1``, 0.9, 10; commit a468016) it was at 0% offline and at every evaluation of 40k online
   steps, against 14% offline with these. With 0/1 rewards these weight nearly every transition alike (advantages
-  of about 0.01), so offline IQL is close to imitating the whole mixed tier.
+  of about 0.01), so offline IQL is close to imitating the whole mixed tier. ``--exploration-noise`` makes the
+  online phase act with the actor's mode plus Gaussian noise of that std instead of the actor's own samples.
 
     .venv/bin/python benchmarks/offline_rl.py [--cases hopper,peginsert] [--algos calql,iql] [--quick]
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import REPO_ROOT, Target, finish, fmt, markdown_table, parse_args, pct, result_path, target
+from common import REPO_ROOT, Target, finish, fmt, git_commit, markdown_table, parse_args, pct, result_path, target
 
 from roboloop.cli.train_offline import TrainOfflineConfig, train_offline
 from roboloop.datasets import EpisodeStore
@@ -74,6 +75,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="PegInsert evaluation episodes")
     parser.add_argument("--calql-n-actions", type=int, default=4,
                         help="Cal-QL's sampled actions per state for each part of the conservative term")
+    parser.add_argument("--exploration-noise", type=float, default=None,
+                        help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--algos", default=",".join(ALGOS),
                         help="PegInsert algorithms to run; the others keep their stored result")
 
@@ -115,7 +118,7 @@ def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "behavior_mean_return": float(returns.mean()), "behavior_std_return": float(returns.std()),
             "reward_scale": scale, "updates": steps, "seconds": run["result"].seconds,
             "curve": [{"updates": h["updates"], "mean_return": h["mean_return"]} for h in history],
-            "iql_mean_return": history[-1]["mean_return"], "eval_episodes": cfg.eval.n_episodes}
+            "iql_mean_return": history[-1]["mean_return"], "eval_episodes": cfg.eval.n_episodes, "commit": git_commit()}
 
 
 def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -150,7 +153,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         offline_success = offline["result"].history[-1]["success_rate"]
         online_cfg = replace(base, init=str(out / algo), out_dir=str(out / f"{algo}_online"),
                              train=replace(base.train, offline_steps=0, online_env_steps=online_steps,
-                                           eval_every=eval_every))
+                                           eval_every=eval_every, exploration_noise=args.exploration_noise))
         online = train_offline(online_cfg)
         curve = [{"online_env_steps": h["online_env_steps"], "success_rate": h["success_rate"]}
                  for h in online["result"].history]
@@ -159,7 +162,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_success": offline_success, "final_success": curve[-1]["success_rate"],
             "min_success_first_20k": min(early) if early else None, "curve": curve,
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
-            "torch_threads": torch.get_num_threads(), **rewards,
+            "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
+            "exploration_noise": args.exploration_noise,
             **({"n_actions": calql.n_actions} if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature})}
     stored = stored_cases(quick).get("peginsert")

@@ -214,16 +214,20 @@ def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "hopper" in cases:
         h = cases["hopper"]
         rows.append((f"IQL on Hopper-v5 `medium` ({h['episodes']} episodes of an SB3 PPO snapshot trained here), "
-                     f"{h['updates']:,} updates, {h['eval_episodes']} evaluation episodes (commit {r['commit']})",
+                     f"{h['updates']:,} updates, {h['eval_episodes']} evaluation episodes (commit "
+                     f"{h.get('commit', r['commit'])})",
                      f"IQL {h['iql_mean_return']:.0f} vs behavior data {h['behavior_mean_return']:.0f}",
                      "≥ behavior", _status(_by_target(r, "iql_minus_behavior_return")), _command("offline_rl")))
     if "peginsert" in cases:
         p = cases["peginsert"]
+        algos = {a: x for a, x in p["algorithms"].items() if x["min_success_first_20k"] is not None}
         value = "; ".join(f"{algo}: offline {100 * a['offline_success']:.0f}% -> {100 * a['final_success']:.0f}%, "
                           f"lowest in the first 20k {100 * a['min_success_first_20k']:.0f}%"
-                          for algo, a in p["algorithms"].items() if a["min_success_first_20k"] is not None)
-        rows.append((f"PegInsert `mixed`: offline, then {p['online_env_steps']:,} online env steps (commit "
-                     f"{r['commit']})", value, "+20 points; dip ≤ 10 points in the first 20k",
+                          for algo, a in algos.items())
+        commits = ", ".join(f"{algo} {a.get('commit', r['commit'])}" for algo, a in algos.items())
+        rows.append((f"PegInsert `mixed`: {p['offline_steps']:,} offline updates, then {p['online_env_steps']:,} "
+                     f"online env steps, {p['eval_episodes']} evaluation episodes (commit {commits})", value,
+                     "+20 points; dip ≤ 10 points in the first 20k",
                      _status(_by_target(r, "online_gain") + _by_target(r, "dip_first_20k")),
                      _command("offline_rl") + " `--cases peginsert`"))
     return rows
