@@ -225,12 +225,21 @@ def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                           f"lowest in the first 20k {100 * a['min_success_first_20k']:.0f}%"
                           for algo, a in algos.items())
         commits = ", ".join(f"{algo} {a.get('commit', r['commit'])}" for algo, a in algos.items())
+        reruns = [f"{_command('offline_rl')} `{_peginsert_args(p, algo, a)}`" for algo, a in algos.items()]
         rows.append((f"PegInsert `mixed`: {p['offline_steps']:,} offline updates, then {p['online_env_steps']:,} "
                      f"online env steps, {p['eval_episodes']} evaluation episodes (commit {commits})", value,
                      "+20 points; dip ≤ 10 points in the first 20k",
                      _status(_by_target(r, "online_gain") + _by_target(r, "dip_first_20k")),
-                     _command("offline_rl") + " `--cases peginsert`"))
+                     "; ".join(reruns)))
     return rows
+
+
+def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
+    """The arguments that rerun one PegInsert algorithm at the sizes it was measured at."""
+    noise = a.get("exploration_noise")
+    return (f"--cases peginsert --algos {algo} --offline-steps {p['offline_steps']} --online-steps "
+            f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps']} --episodes {p['eval_episodes']}"
+            + ("" if noise is None else f" --exploration-noise {noise:g}"))
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
