@@ -8,20 +8,21 @@ Cases (``--cases hopper,peginsert``; each case's result, and each PegInsert algo
   on it with IQL's D4RL locomotion settings (expectile 0.7, temperature 3, rewards scaled by
   1000 / (max - min episode return)) for ``--hopper-steps`` updates, evaluated on 10 episodes. Target: IQL's mean
   return >= the behavior data's mean episode return.
-* ``peginsert``: ``roboloop make-tiers task=PegInsert tiers=[mixed] n_episodes=200``; for Cal-QL and IQL side by
-  side: ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps
-  (one env, one update per env step, half of each batch offline), evaluated every ``--eval-every`` updates on
-  ``--episodes`` episodes. Targets (each algorithm): final success >= offline success + 20 points; no evaluation in
-  the first 20k online steps more than 10 points below the offline success (the Cal-QL claim). Cal-QL samples
-  ``--calql-n-actions`` actions per state for each part of its conservative term (default 4, not the reference 10:
-  the term's cost is linear in it, and on 2 CPU threads 10 runs about 14 updates/s, 4 about 30). Cal-QL learns from
-  ``10 r - 5``, its AntMaze setting for sparse 0/1 rewards (on Q-values in [0, 1] its conservative term at weight 5
-  outweighs the TD error: a run at scale 1 diverged by 10k offline updates, Q 8.4 and the actor's entropy
-  collapsed). IQL keeps its locomotion settings (expectile 0.7, temperature 3, rewards as they are): with its
-  AntMaze ones (``r - 1``, 0.9, 10; commit a468016) it was at 0% offline and at every evaluation of 40k online
-  steps, against 14% offline with these. With 0/1 rewards these weight nearly every transition alike (advantages
-  of about 0.01), so offline IQL is close to imitating the whole mixed tier. ``--exploration-noise`` makes the
-  online phase act with the actor's mode plus Gaussian noise of that std instead of the actor's own samples.
+* ``peginsert``: ``roboloop make-tiers task=PegInsert tiers=[mixed] n_episodes=200``; for Cal-QL and IQL side by side:
+  ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps (one env,
+  one update per env step, half of each batch offline), evaluated every ``--eval-every`` updates on ``--episodes``
+  episodes. Targets (each algorithm): final success >= offline success + 20 points; no evaluation in the first 20k
+  online steps more than 10 points below the offline success (the Cal-QL claim). Cal-QL samples ``--calql-n-actions``
+  actions per state for each part of its conservative term (default 4, not the reference 10: the term's cost is linear
+  in it; on 2 CPU threads the update alone runs about 14/s with 10 and 30/s with 4, and the trainer, with its env
+  steps and evaluations, about 17/s with 4). Cal-QL learns from ``10 r - 5``, its AntMaze setting for sparse 0/1
+  rewards (on Q-values in [0, 1] its conservative term at weight 5 outweighs the TD error: a run at scale 1 diverged
+  by 10k offline updates, Q 8.4 and the actor's entropy collapsed). IQL keeps its locomotion settings (expectile 0.7,
+  temperature 3, rewards as they are): with its AntMaze ones (``r - 1``, 0.9, 10; commit a468016) it was at 0% offline
+  and at every evaluation of 40k online steps, against 14% offline with these. With 0/1 rewards these weight nearly
+  every transition alike (advantages of about 0.01), so offline IQL is close to imitating the whole mixed tier.
+  ``--exploration-noise`` makes the online phase act with the actor's mode plus Gaussian noise of that std instead of
+  the actor's own samples.
 
     .venv/bin/python benchmarks/offline_rl.py [--cases hopper,peginsert] [--algos calql,iql] [--quick]
 
