@@ -9,8 +9,9 @@ Cases (``--cases hopper,peginsert``; each case's result, and each PegInsert algo
   1000 / (max - min episode return)) for ``--hopper-steps`` updates, evaluated on 10 episodes. Target: IQL's mean
   return >= the behavior data's mean episode return.
 * ``peginsert``: ``roboloop make-tiers task=PegInsert tiers=[mixed] n_episodes=200``; for Cal-QL and IQL side by side:
-  ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps (one env,
-  one update per env step, half of each batch offline), evaluated every ``--eval-every`` updates on ``--episodes``
+  ``train-offline`` (``--offline-steps`` updates), then ``finetune-online`` for ``--online-steps`` env steps
+  (``--n-envs`` envs, default 1, stepped together, with one update per step of them all, so one update per
+  ``--n-envs`` env steps; half of each batch offline), evaluated every ``--eval-every`` updates on ``--episodes``
   episodes. Targets (each algorithm): final success >= offline success + 20 points; no evaluation in the first 20k
   online steps more than 10 points below the offline success (the Cal-QL claim). Cal-QL samples ``--calql-n-actions``
   actions per state for each part of its conservative term (default 4, not the reference 10: the term's cost is linear
@@ -78,6 +79,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="Cal-QL's sampled actions per state for each part of the conservative term")
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
+    parser.add_argument("--n-envs", type=int, default=1,
+                        help="PegInsert online envs; one update per step of them all (n_envs env steps)")
     parser.add_argument("--algos", default=",".join(ALGOS),
                         help="PegInsert algorithms to run; the others keep their stored result")
 
@@ -146,7 +149,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             shutil.rmtree(run_dir, ignore_errors=True)
         rewards = REWARDS[algo]
         base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo), calql=calql,
-                                  iql=iql, **rewards,
+                                  iql=iql, n_envs=args.n_envs, **rewards,
                                   train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,
                                                         checkpoint_every=eval_every, log_every=max(eval_every // 10, 1),
                                                         progress=False))
@@ -164,7 +167,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "min_success_first_20k": min(early) if early else None, "curve": curve,
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
-            "exploration_noise": args.exploration_noise,
+            "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
             **({"n_actions": calql.n_actions} if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature})}
     stored = stored_cases(quick).get("peginsert")

@@ -236,10 +236,11 @@ def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
 def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
     """The arguments that rerun one PegInsert algorithm at the sizes it was measured at."""
-    noise = a.get("exploration_noise")
+    noise, n_envs = a.get("exploration_noise"), a.get("n_envs", 1)
     return (f"--cases peginsert --algos {algo} --offline-steps {p['offline_steps']} --online-steps "
-            f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps']} --episodes {p['eval_episodes']}"
-            + ("" if noise is None else f" --exploration-noise {noise:g}"))
+            f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps'] // n_envs} --episodes "
+            f"{p['eval_episodes']}" + ("" if noise is None else f" --exploration-noise {noise:g}")
+            + ("" if n_envs == 1 else f" --n-envs {n_envs}"))
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
