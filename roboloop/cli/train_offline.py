@@ -4,7 +4,7 @@
 ``finetune-online init=<a train-offline run> train.online_env_steps=N`` continues that agent in the task's env
 with mixed offline/online batches. Outputs in ``out_dir``: ``policy/`` (an ``rl_actor`` checkpoint that ``roboloop
 eval`` runs), ``critic/`` (for ``roboloop eval ... steer=<out_dir>/critic``), ``checkpoints/last`` (resume),
-``train_log.jsonl``, ``tb/`` and ``history.json`` (the evaluations).
+``train_log.jsonl``, ``tb/`` and ``history.json`` (the evaluations so far, rewritten at each one).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from roboloop.offline_rl.policy import RLActorConfig, RLActorPolicy, save_critic
 from roboloop.offline_rl.replay import ReplayBuffer, replay_from_store
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
-from roboloop.utils.io import write_json
 
 logger = logging.getLogger(__name__)
 ALGOS = ("iql", "calql", "rlpd")
@@ -177,7 +176,6 @@ def train_offline(cfg: TrainOfflineConfig) -> dict[str, Any]:
                                           "updates": result.updates})
     save_critic(out_dir / "critic", agent.critic, obs_keys=list(spec.obs_shapes),
                 meta={"task": task, "algo": cfg.algo})
-    write_json(out_dir / "history.json", result.history)
     return {"task": task, "out_dir": out_dir, "result": result}
 
 

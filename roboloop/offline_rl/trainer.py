@@ -12,7 +12,8 @@ One loop for IQL, Cal-QL and SAC/RLPD (anything with ``update(batch) -> metrics`
 Checkpoints (``checkpoints/last``, atomic) hold the agent, the online buffer, the counters, the RNG states and
 the evaluation history: a killed run continues with ``resume=True``. The offline buffer is rebuilt from its file.
 The envs' episodes in progress are not part of the checkpoint: a resumed online phase restarts them from seeded
-resets. Logs: ``train_log.jsonl`` and TensorBoard under ``tb/``.
+resets. Logs: ``train_log.jsonl``, TensorBoard under ``tb/``, and the evaluations so far in ``history.json``
+(rewritten at each one).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from roboloop.core.errors import ConfigError, InputError
 from roboloop.offline_rl.replay import MixedSampler, ReplayBuffer, Transitions
 from roboloop.residual_rl.ppo import EpisodeTracker, final_observations
 from roboloop.training.trainer import rng_state, seed_everything, set_rng_state
+from roboloop.utils.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +237,8 @@ class OffPolicyTrainer:
         finally:
             self.agent.actor.train(was_training)
         self.history.append({"updates": self.updates, "online_env_steps": self.online_env_steps, **metrics})
+        # Rewritten at every evaluation, so a running (or killed) run's curve can be read without TensorBoard.
+        write_json(self.out_dir / "history.json", self.history)
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"eval/{k}", v, self.updates)

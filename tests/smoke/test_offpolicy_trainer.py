@@ -61,6 +61,22 @@ def test_offline_run_resumes_exactly(tmp_path: Path) -> None:
         OffPolicyTrainer(iql_agent(), random_point_mass_data(), config(), tmp_path / "full").learn()
 
 
+def test_history_file_holds_the_evaluations_so_far(tmp_path: Path) -> None:
+    """history.json is rewritten at every evaluation, so a run's curve is readable before it ends (or if killed)."""
+    seen: list[list[int]] = []
+
+    def evaluate(actor: object, updates: int) -> dict[str, float]:
+        path = tmp_path / "history.json"
+        seen.append([h["updates"] for h in json.loads(path.read_text())] if path.exists() else [])
+        return {"success_rate": updates / 100}
+
+    OffPolicyTrainer(iql_agent(), random_point_mass_data(), config(offline_steps=30), tmp_path,
+                     evaluate_fn=evaluate).learn()
+    assert seen == [[], [10], [10, 20]]
+    assert json.loads((tmp_path / "history.json").read_text())[-1] == {"updates": 30, "online_env_steps": 0,
+                                                                       "success_rate": 0.3}
+
+
 def test_online_phase_stores_final_observations_and_mixes_data(tmp_path: Path) -> None:
     torch.manual_seed(0)
     agent = SAC(TanhGaussianMLP(2, 1, hidden_dims=(16,)), 2, 1, SACConfig(n_critics=2, hidden_dims=[16]))
