@@ -77,6 +77,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="PegInsert evaluation episodes")
     parser.add_argument("--calql-n-actions", type=int, default=4,
                         help="Cal-QL's sampled actions per state for each part of the conservative term")
+    parser.add_argument("--iql-temperature", type=float, default=IQLConfig.temperature,
+                        help="IQL's advantage temperature beta (default: its locomotion setting, 3)")
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
@@ -141,7 +143,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
     calql = CalQLConfig(n_actions=args.calql_n_actions)
-    iql = IQLConfig()
+    iql = IQLConfig(temperature=args.iql_temperature)
     result: dict[str, Any] = {"dataset": str(dataset), "offline_steps": offline_steps, "online_env_steps": online_steps,
                               "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
     for algo in algos:

@@ -240,7 +240,8 @@ def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
     return (f"--cases peginsert --algos {algo} --offline-steps {p['offline_steps']} --online-steps "
             f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps'] // n_envs} --episodes "
             f"{p['eval_episodes']}" + ("" if noise is None else f" --exploration-noise {noise:g}")
-            + ("" if n_envs == 1 else f" --n-envs {n_envs}"))
+            + ("" if n_envs == 1 else f" --n-envs {n_envs}")
+            + (f" --iql-temperature {a['temperature']:g}" if algo == "iql" and a["temperature"] != 3.0 else ""))
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
