@@ -6,10 +6,13 @@ states. Sub-envs are reset explicitly (``AutoresetMode.DISABLED``, as in collect
 its seed; exactly ``n_episodes`` episodes run, each recorded as::
 
     {"episode": k, "seed": seed + k, "success": bool, "terminated": bool, "truncated": bool,
-     "return": float, "length": int, "video": str | None}
+     "return": float, "length": int, "video": str | None, "best_terms": {"reward_<term>": float, ...}}
 
 ``success`` is ``info["is_success"]`` at the last step; ``terminated`` (the task ended, e.g. on success) and
-``truncated`` (the time limit) stay separate fields.
+``truncated`` (the time limit) stay separate fields. ``best_terms`` holds, for every shaped term the task reports
+in ``info`` (``reward_reach``, ``reward_align``...), its best (largest) value over the episode: how far a failed
+episode got (whether PegInsert's peg ever came within a millimetre of the hole, Lift's cube ever rose), which
+success alone does not say. ``summary()`` prints their medians over successful and over failed episodes.
 
 Videos show the very episodes the metrics count: the first ``n_videos`` episodes run in in-process sub-envs
 whose camera ``video_camera`` is rendered after every step (rendering restores MuJoCo's warm start, so it
@@ -180,7 +183,22 @@ class EvalResult:
             f"success: {format_rate(self.successes, self.n_episodes)}",
             f"return:  {np.mean(returns):.3f} +- {np.std(returns):.3f} (mean +- std)",
             f"length:  {np.mean(lengths):.1f} +- {np.std(lengths):.1f} steps",
+            *self._terms_summary(),
         ])
+
+    def _terms_summary(self) -> list[str]:
+        """One line per shaped term: the median over successful and over failed episodes of its best value."""
+        terms = sorted({t for e in self.episodes for t in e.get("best_terms", {})})
+        lines = []
+        for term in terms:
+            parts = []
+            for label, wanted in (("successful", True), ("failed", False)):
+                values = [e["best_terms"][term] for e in self.episodes
+                          if bool(e["success"]) == wanted and term in e.get("best_terms", {})]
+                if values:
+                    parts.append(f"{label} {np.median(values):.3f} ({len(values)})")
+            lines.append(f"best {term} per episode, median: " + ", ".join(parts))
+        return lines
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -269,12 +287,21 @@ class _Episode:
     def __init__(self, index: int, seed: int, record_video: bool) -> None:
         self.index, self.seed = index, seed
         self.ret, self.length = 0.0, 0
+        self.best_terms: dict[str, float] = {}
         self.frames: list[np.ndarray] | None = [] if record_video else None
 
     def record(self, *, success: bool, terminated: bool, truncated: bool, video: Path | None) -> dict[str, Any]:
         return {"episode": self.index, "seed": self.seed, "success": success, "terminated": terminated,
                 "truncated": truncated, "return": self.ret, "length": self.length,
-                "video": None if video is None else str(video)}
+                "video": None if video is None else str(video), "best_terms": self.best_terms}
+
+    def track_terms(self, infos: dict[str, Any], i: int) -> None:
+        """Keep the best value so far of each shaped term (``info["reward_*"]``) sub-env ``i`` reported."""
+        for key, values in infos.items():
+            # Vector envs report a key for every sub-env, with a ``_key`` mask of the ones that set it.
+            if key.startswith("reward_") and infos.get(f"_{key}", np.ones(i + 1, dtype=bool))[i]:
+                value = float(values[i])
+                self.best_terms[key] = max(value, self.best_terms.get(key, value))
 
 
 def _rollout(envs: VectorEnv, executor: ChunkExecutor, episode_ids: list[int], *, seed: int, task: str,
@@ -316,6 +343,7 @@ def _rollout(envs: VectorEnv, executor: ChunkExecutor, episode_ids: list[int], *
             assert episode is not None  # active means running
             episode.ret += float(rewards[i])
             episode.length += 1
+            episode.track_terms(infos, i)
             if recorder is not None and episode.frames is not None:
                 episode.frames.append(recorder.frame(i))
             if not done[i]:

@@ -13,7 +13,7 @@ import torch
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.core.spec import PolicySpec
 from roboloop.envs import make, task_info
-from roboloop.envs.evaluation import EvalConfig, EvalResult, evaluate, write_eval_outputs
+from roboloop.envs.evaluation import EvalConfig, EvalResult, _Episode, evaluate, write_eval_outputs
 from roboloop.policies.encoders import VisionConfig
 from roboloop.policies.mlp import MLPConfig, MLPPolicy
 
@@ -68,9 +68,13 @@ def test_evaluate_records_every_seeded_episode(state_policy: MLPPolicy, tmp_path
         # Lift ends early only on success; otherwise the time limit truncates it.
         assert episode["truncated"] == (episode["length"] == limit and not episode["terminated"])
         assert episode["video"] is None
+        # Lift's shaped terms, each at its best over the episode: -distance, a 0/1 grasp, lifted fraction.
+        terms = episode["best_terms"]
+        assert set(terms) == {"reward_reach", "reward_grasp", "reward_lift"}
+        assert terms["reward_reach"] <= 0 and terms["reward_grasp"] in (0.0, 1.0) and 0 <= terms["reward_lift"] <= 1
     assert 0.0 <= result.success_ci[0] <= result.success_rate <= result.success_ci[1] <= 1.0
     assert result.mean_length == pytest.approx(np.mean([e["length"] for e in result.episodes]))
-    assert len(result.summary().splitlines()) == 4 and "success:" in result.summary()
+    assert len(result.summary().splitlines()) == 4 + 3 and "success:" in result.summary()
 
     paths = write_eval_outputs(result, tmp_path / "out")
     assert set(paths) == {"json", "plot"}
@@ -149,3 +153,22 @@ def test_result_figures() -> None:
     assert (result.successes, result.success_rate, result.mean_length) == (3, 0.75, 27.5)
     assert result.summary().splitlines()[1] == "success: 75.0% [30.1, 95.4] (3/4)"
     assert result.to_dict()["success_ci"] == list(result.success_ci)
+
+
+def test_best_terms_keep_each_terms_maximum_over_the_episode() -> None:
+    episode = _Episode(0, 0, record_video=False)
+    # A vector env's infos: one value per sub-env, and a ``_key`` mask of the sub-envs that reported the key.
+    steps = [{"reward_align": np.array([-3.0, -9.0]), "_reward_align": np.array([True, True]),
+              "reward_insert": np.array([0.0, 0.5]), "_reward_insert": np.array([False, True]), "is_success": [0, 0]},
+             {"reward_align": np.array([-9.0, -1.0]), "_reward_align": np.array([True, True])},
+             {"reward_align": np.array([-0.5, -2.0]), "_reward_align": np.array([True, True]),
+              "reward_insert": np.array([0.2, 0.9]), "_reward_insert": np.array([True, True])}]
+    for infos in steps:
+        episode.track_terms(infos, 0)
+    record = episode.record(success=False, terminated=False, truncated=True, video=None)
+    assert record["best_terms"] == {"reward_align": -0.5, "reward_insert": 0.2}  # sub-env 1's values never count
+
+    records = [{"success": s, "best_terms": {"reward_align": a}} for s, a in
+               [(True, -0.1), (False, -20.0), (False, -0.4), (False, -7.0)]]
+    lines = EvalResult("PegInsert", [{**r, "return": 0.0, "length": 1} for r in records]).summary().splitlines()
+    assert lines[-1] == "best reward_align per episode, median: successful -0.100 (1), failed -7.000 (3)"
