@@ -79,6 +79,12 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="Cal-QL's sampled actions per state for each part of the conservative term")
     parser.add_argument("--iql-temperature", type=float, default=IQLConfig.temperature,
                         help="IQL's advantage temperature beta (default: its locomotion setting, 3)")
+    parser.add_argument("--iql-extraction", default=IQLConfig.extraction, choices=["awr", "ddpg_bc"],
+                        help="IQL's actor extraction: advantage-weighted regression (IQL's) or DDPG+BC")
+    parser.add_argument("--iql-bc-alpha", type=float, default=IQLConfig.bc_alpha,
+                        help="IQL's DDPG+BC weight of the Q term (with --iql-extraction ddpg_bc)")
+    parser.add_argument("--calql-bc-alpha", type=float, default=None,
+                        help="Cal-QL's actor with TD3+BC's data term at this alpha (default: none, Cal-QL's actor)")
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
@@ -142,8 +148,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     offline_steps, online_steps = (100, 100) if quick else (args.offline_steps, args.online_steps)
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
-    calql = CalQLConfig(n_actions=args.calql_n_actions)
-    iql = IQLConfig(temperature=args.iql_temperature)
+    calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha)
+    iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
     result: dict[str, Any] = {"dataset": str(dataset), "offline_steps": offline_steps, "online_env_steps": online_steps,
                               "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
     for algo in algos:
@@ -170,8 +176,9 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
-            **({"n_actions": calql.n_actions} if algo == "calql" else
-               {"expectile": iql.expectile, "temperature": iql.temperature})}
+            **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha} if algo == "calql" else
+               {"expectile": iql.expectile, "temperature": iql.temperature, "extraction": iql.extraction,
+                **({"bc_alpha": iql.bc_alpha} if iql.extraction == "ddpg_bc" else {})})}
     stored = stored_cases(quick).get("peginsert")
     if stored is not None and all(stored.get(k) == result[k] for k in ("offline_steps", "online_env_steps",
                                                                           "eval_episodes")):

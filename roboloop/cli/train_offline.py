@@ -122,7 +122,11 @@ def build_agent(cfg: TrainOfflineConfig, spec: PolicySpec) -> tuple[RLActorPolic
     actor_type = "gaussian" if cfg.algo == "iql" else "tanh_gaussian"
     policy = RLActorPolicy(RLActorConfig(obs_keys=list(spec.obs_shapes), actor=actor_type,
                                          hidden_dims=list(cfg.actor_hidden_dims)), spec)
-    algorithm = {"iql": IQL, "calql": CalQL, "rlpd": SAC}[cfg.algo]
+    if cfg.algo == "iql":
+        low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
+        return policy, IQL(policy.actor, policy.obs_dim, spec.action_dim, cfg.iql, cfg.device, action_low=low,
+                           action_high=high)
+    algorithm = {"calql": CalQL, "rlpd": SAC}[cfg.algo]
     return policy, algorithm(policy.actor, policy.obs_dim, spec.action_dim, _algo_config(cfg), cfg.device)
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
+from roboloop.offline_rl.losses import bc_regularized_actor_loss, sac_actor_loss, temperature_loss
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
 
@@ -93,15 +93,26 @@ class SoftActor:
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
-    def update(self, obs: Tensor, critic: nn.Module, reduce: Callable[[Tensor], Tensor]) -> dict[str, float]:
+    def update(self, obs: Tensor, critic: nn.Module, reduce: Callable[[Tensor], Tensor], *,
+               data_actions: Tensor | None = None, bc_alpha: float | None = None) -> dict[str, float]:
         """One actor step against ``reduce(critic(obs, actions) (E, B)) -> (B,)`` (the critic's weights get no
-        gradient), then one temperature step."""
+        gradient), then one temperature step. With ``bc_alpha``, the actor's objective is TD3+BC's: SAC's, scaled
+        by ``bc_alpha / mean|Q|``, plus the squared distance of the actor's mode to ``data_actions`` (B, A)."""
         actions, log_probs = self.actor.rsample(obs)
         with frozen(critic):
             q = reduce(critic(obs, actions))
-        actor_loss = sac_actor_loss(q, log_probs, self.alpha.detach())
+        alpha = self.alpha.detach()
+        stats: dict[str, float] = {}
+        if bc_alpha is None:
+            actor_loss = sac_actor_loss(q, log_probs, alpha)
+        else:
+            if data_actions is None:
+                raise ConfigError("SoftActor.update: bc_alpha needs the batch's data_actions")
+            mode = self.actor.mode(obs)
+            actor_loss = bc_regularized_actor_loss(alpha * log_probs - q, q, mode, data_actions, bc_alpha)
+            stats["bc_distance"] = (mode - data_actions).pow(2).sum(-1).mean().item()
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
         # One backward for both: the actor's loss sees alpha detached and the temperature's sees log pi detached,
         # so each optimizer gets exactly the gradient of its own loss (the same steps as two backwards, cheaper).
         optimizer_step(actor_loss + alpha_loss, self.optimizers["actor"], self.optimizers["alpha"])
-        return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item()}
+        return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item(), **stats}

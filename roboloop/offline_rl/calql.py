@@ -47,6 +47,9 @@ class CalQLConfig:
         init_alpha: Initial entropy temperature.
         target_entropy: Entropy target of the temperature (None: -A).
         hidden_dims: Widths of the Q networks.
+        bc_alpha: None (Cal-QL's actor: SAC against the critics) or TD3+BC's alpha: the SAC objective scaled by
+            ``bc_alpha / mean|Q|`` plus the squared distance of the actor's mode to the data's action, which holds
+            the actor near the data while the critic is still uninformed (``IQLConfig.bc_alpha``'s scale).
     """
 
     calibrated: bool = True
@@ -61,8 +64,11 @@ class CalQLConfig:
     init_alpha: float = 1.0
     target_entropy: float | None = None
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    bc_alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.bc_alpha is not None and self.bc_alpha <= 0:
+            raise ConfigError(f"calql.bc_alpha must be > 0 (or None for no behavior term), got {self.bc_alpha}")
         if self.cql_alpha < 0 or self.n_actions < 1 or self.cql_temperature <= 0:
             raise ConfigError(f"calql needs cql_alpha >= 0, n_actions >= 1, cql_temperature > 0; got "
                               f"{self.cql_alpha}, {self.n_actions}, {self.cql_temperature}")
@@ -149,8 +155,10 @@ class CalQL:
         critic_loss = td_loss + cfg.cql_alpha * penalty
         self.trainables.step("critic", critic_loss)
 
-        # --- actor (SAC, against the pessimistic min of the two critics) and temperature
-        actor_stats = self.soft.update(obs, self.critic, lambda q: q.min(dim=0).values)
+        # --- actor (SAC, against the pessimistic min of the two critics; TD3+BC's data term with bc_alpha) and
+        # temperature
+        actor_stats = self.soft.update(obs, self.critic, lambda q: q.min(dim=0).values, data_actions=actions,
+                                       bc_alpha=cfg.bc_alpha)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
         return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "alpha": self.alpha.item(),

@@ -80,6 +80,26 @@ def uniform_log_density(action_dim: int, low: float = -1.0, high: float = 1.0) -
     return -action_dim * math.log(high - low)
 
 
+def bc_regularized_actor_loss(rl_loss: Tensor, q_policy: Tensor, policy_actions: Tensor, data_actions: Tensor,
+                              bc_alpha: float) -> Tensor:
+    """TD3+BC's actor objective (Fujimoto and Gu, 2021), DDPG+BC in Park et al. (2024), which found it extracts
+    far better policies from a learned value than advantage-weighted regression:
+    ``lambda * mean(rl_loss) + mean(||mu(s) - a||^2)`` with ``lambda = bc_alpha / mean(|Q(s, mu(s))|)`` (no
+    gradient), so that ``bc_alpha`` weighs the critic's pull against the data's actions whatever the scale of
+    the rewards. rl_loss (B,) is the per-state RL loss (``-Q(s, mu(s))``, or SAC's ``alpha log pi - Q``),
+    q_policy (B,) the Q-values it uses, policy_actions and data_actions (B, A); the squared distance is summed over
+    the action's dimensions."""
+    if bc_alpha <= 0:
+        raise ConfigError(f"bc_alpha must be > 0, got {bc_alpha}")
+    if policy_actions.shape != data_actions.shape or rl_loss.shape != q_policy.shape \
+            or rl_loss.shape != policy_actions.shape[:1]:
+        raise InputError(f"bc_regularized_actor_loss needs rl_loss and q_policy (B,), actions (B, A) of one shape; "
+                         f"got {tuple(rl_loss.shape)}, {tuple(q_policy.shape)}, {tuple(policy_actions.shape)}, "
+                         f"{tuple(data_actions.shape)}")
+    scale = bc_alpha / q_policy.detach().abs().mean().clamp(min=1e-6)
+    return scale * rl_loss.mean() + (policy_actions - data_actions).pow(2).sum(-1).mean()
+
+
 def sac_actor_loss(q_policy: Tensor, log_probs: Tensor, alpha: Tensor | float) -> Tensor:
     """SAC's actor objective ``mean(alpha * log pi(a|s) - Q(s, a))`` with ``a ~ pi`` reparameterized (B,)."""
     return (alpha * log_probs - q_policy).mean()
