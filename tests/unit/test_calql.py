@@ -26,11 +26,11 @@ def bandit_data(n: int = 2000, seed: int = 0) -> ReplayBuffer:
     return buffer
 
 
-def train(calibrated: bool, steps: int = 400) -> tuple[CalQL, torch.Tensor]:
+def train(calibrated: bool, steps: int = 400, bc_alpha: float | None = None) -> tuple[CalQL, torch.Tensor]:
     torch.manual_seed(0)
     agent = CalQL(TanhGaussianMLP(1, 1, hidden_dims=(32, 32)), 1, 1,
                   CalQLConfig(calibrated=calibrated, cql_alpha=5.0, n_actions=4, hidden_dims=[32, 32],
-                              actor_lr=1e-3, critic_lr=1e-3))
+                              actor_lr=1e-3, critic_lr=1e-3, bc_alpha=bc_alpha))
     data, generator = bandit_data(), torch.Generator().manual_seed(0)
     for _ in range(steps):
         metrics = agent.update(data.sample(128, generator))
@@ -51,6 +51,17 @@ def test_calibration_keeps_the_policy_values_at_the_data_returns() -> None:
     s = torch.linspace(-0.9, 0.9, 19)[:, None]
     for agent in (calql, cql):  # both extract a policy that tracks s (the behavior's mean action)
         assert (agent.actor.mode(s) - s).abs().mean().item() < 0.3
+
+
+def test_the_behavior_term_holds_the_actor_near_the_data_from_the_first_updates() -> None:
+    s = torch.linspace(-0.9, 0.9, 19)[:, None]
+    # After 150 updates the critic is still learning which actions are good, and Cal-QL's actor lags behind the
+    # data's mode (measured: 0.25 off on average); the behavior term pulls it there directly (0.15).
+    errors = {bc: (train(calibrated=True, steps=150, bc_alpha=bc)[0].actor.mode(s) - s).abs().mean().item()
+              for bc in (None, 1.0)}
+    assert errors[1.0] < 0.75 * errors[None]
+    with pytest.raises(ConfigError, match="bc_alpha"):
+        CalQLConfig(bc_alpha=0.0)
 
 
 def test_state_round_trips_and_the_actor_must_be_squashed() -> None:

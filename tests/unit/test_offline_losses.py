@@ -10,6 +10,7 @@ import torch
 from roboloop.core.errors import ConfigError, InputError
 from roboloop.offline_rl.losses import (
     advantage_weights,
+    bc_regularized_actor_loss,
     calibrate,
     conservative_penalty,
     expectile_loss,
@@ -53,6 +54,23 @@ def test_td_target_bootstraps_truncation_and_not_termination() -> None:
 def test_advantage_weights_exponentiate_and_clip() -> None:
     weights = advantage_weights(torch.tensor([0.0, 1.0, 10.0]), temperature=3.0, max_weight=100.0)
     assert weights.tolist() == pytest.approx([1.0, math.exp(3.0), 100.0])
+
+
+def test_bc_regularized_actor_loss_against_a_hand_computation() -> None:
+    q = torch.tensor([2.0, -4.0], requires_grad=True)
+    policy_actions = torch.tensor([[0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    data_actions = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    # lambda = 1.5 / mean|Q| = 0.5; mean(-Q) = 1; squared distances summed over the action: 1 and 1.
+    loss = bc_regularized_actor_loss(-q, q, policy_actions, data_actions, bc_alpha=1.5)
+    assert loss.item() == pytest.approx(0.5 * 1.0 + 1.0)
+    loss.backward()
+    assert q.grad is not None and q.grad.tolist() == pytest.approx([-0.25, -0.25])  # lambda is a constant
+    assert policy_actions.grad is not None
+    torch.testing.assert_close(policy_actions.grad, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # 2 (mu - a) / B
+    with pytest.raises(ConfigError):
+        bc_regularized_actor_loss(-q, q, policy_actions, data_actions, bc_alpha=0.0)
+    with pytest.raises(InputError):
+        bc_regularized_actor_loss(-q, q, policy_actions, data_actions[:1], bc_alpha=1.0)
 
 
 def test_calibration_lower_bounds_policy_values_by_the_reference() -> None:
