@@ -126,8 +126,9 @@ def run_hopper(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     with EpisodeStore(dataset) as store:
         transitions = store.total_steps
         policy_id = store.attrs(store.demos[0])["policy_id"]
-    return {"dataset": str(dataset.relative_to(REPO_ROOT)), "episodes": len(returns), "transitions": transitions, "behavior": policy_id,
-            "behavior_mean_return": float(returns.mean()), "behavior_std_return": float(returns.std()),
+    return {"dataset": str(dataset.relative_to(REPO_ROOT)), "episodes": len(returns), "transitions": transitions,
+            "behavior": policy_id, "behavior_mean_return": float(returns.mean()),
+            "behavior_std_return": float(returns.std()),
             "reward_scale": scale, "updates": steps, "seconds": run["result"].seconds,
             "curve": [{"updates": h["updates"], "mean_return": h["mean_return"]} for h in history],
             "iql_mean_return": history[-1]["mean_return"], "eval_episodes": cfg.eval.n_episodes, "commit": git_commit()}
@@ -150,8 +151,9 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
     calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha)
     iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
-    result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps, "online_env_steps": online_steps,
-                              "eval_episodes": eval_cfg.n_episodes, "algorithms": {}}
+    result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps,
+                              "online_env_steps": online_steps, "eval_episodes": eval_cfg.n_episodes,
+                              "algorithms": {}}
     for algo in algos:
         for run_dir in (out / algo, out / f"{algo}_online"):
             shutil.rmtree(run_dir, ignore_errors=True)

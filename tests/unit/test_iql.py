@@ -42,7 +42,7 @@ def test_iql_extracts_a_policy_better_than_the_behavior() -> None:
 
 def test_ddpg_bc_extraction_follows_the_critic_away_from_the_data_mean() -> None:
     torch.manual_seed(0)
-    actor = GaussianMLP(1, 1, hidden_dims=(32, 32), last_layer_init_std=0.01)
+    actor = GaussianMLP(1, 1, hidden_dims=(32, 32), init_logstd=0.0, learn_std=True, last_layer_init_std=0.01)
     iql = IQL(actor, 1, 1, IQLConfig(hidden_dims=[32, 32], actor_lr=1e-3, critic_lr=1e-3, value_lr=1e-3,
                                      extraction="ddpg_bc", bc_alpha=2.5),
               action_low=torch.tensor([-1.0]), action_high=torch.tensor([1.0]))
@@ -55,6 +55,9 @@ def test_ddpg_bc_extraction_follows_the_critic_away_from_the_data_mean() -> None
     # Cloning the uniform behavior alone gives a mean of 0 everywhere (|a - s| about 0.5 on this grid); the Q term
     # pulls the mean onto s.
     assert (chosen - s).abs().mean().item() < 0.15
+    # The std (1 at first) fits the data's spread around the mean: with a = U(-1, 1) and the mean at s = U(-1, 1),
+    # sqrt(E (a - s)^2) = sqrt(2/3) = 0.82 (measured: 0.81).
+    assert 0.5 < actor.log_std.exp().item() < 0.9
 
 
 def test_extraction_options_are_checked() -> None:
