@@ -23,7 +23,10 @@ Cases (``--cases hopper,peginsert``; each case's result, and each PegInsert algo
   and at every evaluation of 40k online steps, against 14% offline with these. With 0/1 rewards these weight nearly
   every transition alike (advantages of about 0.01), so offline IQL is close to imitating the whole mixed tier.
   ``--exploration-noise`` makes the online phase act with the actor's mode plus Gaussian noise of that std instead of
-  the actor's own samples.
+  the actor's own samples. ``--iql-extraction ddpg_bc --iql-bc-alpha A`` extracts IQL's actor by DDPG+BC instead of
+  AWR, and ``--calql-bc-alpha A`` adds TD3+BC's data term to Cal-QL's actor (``IQLConfig`` / ``CalQLConfig``):
+  with AWR, IQL's policy stalls at the grasp where its critic prefers closing the gripper, and Cal-QL's actor, with
+  nothing holding it to the data while its critic learns, never reaches the peg.
 
     .venv/bin/python benchmarks/offline_rl.py [--cases hopper,peginsert] [--algos calql,iql] [--quick]
 
@@ -83,6 +86,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="IQL's actor extraction: advantage-weighted regression (IQL's) or DDPG+BC")
     parser.add_argument("--iql-bc-alpha", type=float, default=IQLConfig.bc_alpha,
                         help="IQL's DDPG+BC weight of the Q term (with --iql-extraction ddpg_bc)")
+    parser.add_argument("--calql-cql-alpha", type=float, default=CalQLConfig.cql_alpha,
+                        help="weight of Cal-QL's conservative term (default 5, its AntMaze setting)")
     parser.add_argument("--calql-bc-alpha", type=float, default=None,
                         help="Cal-QL's actor with TD3+BC's data term at this alpha (default: none, Cal-QL's actor)")
     parser.add_argument("--exploration-noise", type=float, default=None,
@@ -149,7 +154,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     offline_steps, online_steps = (100, 100) if quick else (args.offline_steps, args.online_steps)
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
-    calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha)
+    calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha, cql_alpha=args.calql_cql_alpha)
     iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
     result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps,
                               "online_env_steps": online_steps, "eval_episodes": eval_cfg.n_episodes,
@@ -178,7 +183,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
-            **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha} if algo == "calql" else
+            **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha}
+               if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature, "extraction": iql.extraction,
                 **({"bc_alpha": iql.bc_alpha} if iql.extraction == "ddpg_bc" else {})})}
     stored = stored_cases(quick).get("peginsert")
