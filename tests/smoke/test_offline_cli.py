@@ -24,15 +24,20 @@ def mixed_tier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "mixed.hdf5"
 
 
-@pytest.mark.parametrize("algo", ["iql", "calql", "rlpd"])
-def test_train_offline_writes_a_policy_a_critic_and_a_history(mixed_tier: Path, tmp_path: Path, algo: str) -> None:
+@pytest.mark.parametrize(("algo", "extraction"), [("iql", []), ("iql", ["iql.extraction=ddpg_bc"]), ("calql", []),
+                                                   ("calql", ["calql.bc_alpha=50"]), ("rlpd", [])])
+def test_train_offline_writes_a_policy_a_critic_and_a_history(mixed_tier: Path, tmp_path: Path, algo: str,
+                                                              extraction: list[str]) -> None:
     out = tmp_path / algo
     assert main(["train-offline", f"algo={algo}", f"dataset={mixed_tier}", "train.offline_steps=10", f"out_dir={out}",
-                 *TINY, *NETS[algo]]) == 0
+                 *TINY, *NETS[algo], *extraction]) == 0
     assert isinstance(load_policy(out / "policy"), RLActorPolicy)
     assert (out / "critic" / "critic.json").exists()
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["updates"] == 10 and "success_rate" in history[-1]
+    # The TD3+BC extractions log the actor's distance to the data's actions.
+    logged = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    assert ("bc_distance" in logged) == bool(extraction)
 
 
 def test_finetune_online_continues_and_eval_steers(mixed_tier: Path, tmp_path: Path, lift_demos: Path) -> None:
