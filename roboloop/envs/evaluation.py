@@ -299,7 +299,8 @@ class _Episode:
         """Keep the best value so far of each shaped term (``info["reward_*"]``) sub-env ``i`` reported."""
         for key, values in infos.items():
             # Vector envs report a key for every sub-env, with a ``_key`` mask of the ones that set it.
-            if key.startswith("reward_") and infos.get(f"_{key}", np.ones(i + 1, dtype=bool))[i]:
+            mask = infos.get(f"_{key}")
+            if key.startswith("reward_") and (mask is None or mask[i]):
                 value = float(values[i])
                 self.best_terms[key] = max(value, self.best_terms.get(key, value))
 
