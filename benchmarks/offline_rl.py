@@ -58,7 +58,7 @@ from roboloop.datasets.agent_tiers import AgentConfig
 from roboloop.datasets.tiers import TiersConfig, make_tiers
 from roboloop.envs.evaluation import EvalConfig
 from roboloop.offline_rl.calql import CalQLConfig
-from roboloop.offline_rl.iql import IQLConfig
+from roboloop.offline_rl.iql import EXTRACTIONS, IQLConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig
 
 NAME = "offline_rl"
@@ -82,7 +82,7 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="Cal-QL's sampled actions per state for each part of the conservative term")
     parser.add_argument("--iql-temperature", type=float, default=IQLConfig.temperature,
                         help="IQL's advantage temperature beta (default: its locomotion setting, 3)")
-    parser.add_argument("--iql-extraction", default=IQLConfig.extraction, choices=["awr", "ddpg_bc"],
+    parser.add_argument("--iql-extraction", default=IQLConfig.extraction, choices=EXTRACTIONS,
                         help="IQL's actor extraction: advantage-weighted regression (IQL's) or DDPG+BC")
     parser.add_argument("--iql-bc-alpha", type=float, default=IQLConfig.bc_alpha,
                         help="IQL's DDPG+BC weight of the Q term (with --iql-extraction ddpg_bc)")

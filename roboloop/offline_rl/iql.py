@@ -171,7 +171,7 @@ class IQL:
         """Actions (B, A) clamped into the action bounds, where given (the gradient passes inside them)."""
         if self.action_low is None or self.action_high is None:
             return actions
-        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+        return actions.clamp(self.action_low, self.action_high)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides the replay data: networks, target, optimizers."""
