@@ -88,6 +88,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="IQL's DDPG+BC weight of the Q term (with --iql-extraction ddpg_bc)")
     parser.add_argument("--calql-cql-alpha", type=float, default=CalQLConfig.cql_alpha,
                         help="weight of Cal-QL's conservative term (default 5, its AntMaze setting)")
+    parser.add_argument("--calql-reward-scale", type=float, default=REWARDS["calql"]["reward_scale"],
+                        help="Cal-QL learns from scale * r + bias (default 10 r - 5, its AntMaze setting)")
+    parser.add_argument("--calql-reward-bias", type=float, default=REWARDS["calql"]["reward_bias"])
     parser.add_argument("--calql-bc-alpha", type=float, default=None,
                         help="Cal-QL's actor with TD3+BC's data term at this alpha (default: none, Cal-QL's actor)")
     parser.add_argument("--exploration-noise", type=float, default=None,
@@ -162,7 +165,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     for algo in algos:
         for run_dir in (out / algo, out / f"{algo}_online"):
             shutil.rmtree(run_dir, ignore_errors=True)
-        rewards = REWARDS[algo]
+        rewards = ({"reward_scale": args.calql_reward_scale, "reward_bias": args.calql_reward_bias}
+                   if algo == "calql" else REWARDS[algo])
         base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo), calql=calql,
                                   iql=iql, n_envs=args.n_envs, **rewards,
                                   train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,

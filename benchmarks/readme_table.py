@@ -245,7 +245,9 @@ def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
             + (f" --iql-extraction ddpg_bc --iql-bc-alpha {a['bc_alpha']:g}"
                if algo == "iql" and a.get("extraction") == "ddpg_bc" else "")
             + (f" --calql-bc-alpha {a['bc_alpha']:g}" if algo == "calql" and a.get("bc_alpha") is not None else "")
-            + (f" --calql-cql-alpha {a['cql_alpha']:g}" if algo == "calql" and a.get("cql_alpha", 5.0) != 5.0 else ""))
+            + (f" --calql-cql-alpha {a['cql_alpha']:g}" if algo == "calql" and a.get("cql_alpha", 5.0) != 5.0 else "")
+            + (f" --calql-reward-scale {a['reward_scale']:g} --calql-reward-bias {a['reward_bias']:g}"
+               if algo == "calql" and (a.get("reward_scale"), a.get("reward_bias")) != (10.0, -5.0) else ""))
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
