@@ -91,6 +91,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calql-reward-scale", type=float, default=REWARDS["calql"]["reward_scale"],
                         help="Cal-QL learns from scale * r + bias (default 10 r - 5, its AntMaze setting)")
     parser.add_argument("--calql-reward-bias", type=float, default=REWARDS["calql"]["reward_bias"])
+    parser.add_argument("--calql-init-alpha", type=float, default=CalQLConfig.init_alpha,
+                        help="Cal-QL's initial entropy temperature (default 1, its reference setting)")
     parser.add_argument("--calql-bc-alpha", type=float, default=None,
                         help="Cal-QL's actor with TD3+BC's data term at this alpha (default: none, Cal-QL's actor)")
     parser.add_argument("--exploration-noise", type=float, default=None,
@@ -157,7 +159,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     offline_steps, online_steps = (100, 100) if quick else (args.offline_steps, args.online_steps)
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
-    calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha, cql_alpha=args.calql_cql_alpha)
+    calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha, cql_alpha=args.calql_cql_alpha,
+                        init_alpha=args.calql_init_alpha)
     iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
     result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps,
                               "online_env_steps": online_steps, "eval_episodes": eval_cfg.n_episodes,
@@ -187,7 +190,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
-            **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha}
+            **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha,
+                "init_alpha": calql.init_alpha}
                if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature, "extraction": iql.extraction,
                 **({"bc_alpha": iql.bc_alpha} if iql.extraction == "ddpg_bc" else {})})}

@@ -244,10 +244,18 @@ def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
             + (f" --iql-temperature {a['temperature']:g}" if algo == "iql" and a["temperature"] != 3.0 else "")
             + (f" --iql-extraction ddpg_bc --iql-bc-alpha {a['bc_alpha']:g}"
                if algo == "iql" and a.get("extraction") == "ddpg_bc" else "")
-            + (f" --calql-bc-alpha {a['bc_alpha']:g}" if algo == "calql" and a.get("bc_alpha") is not None else "")
-            + (f" --calql-cql-alpha {a['cql_alpha']:g}" if algo == "calql" and a.get("cql_alpha", 5.0) != 5.0 else "")
-            + (f" --calql-reward-scale {a['reward_scale']:g} --calql-reward-bias {a['reward_bias']:g}"
-               if algo == "calql" and (a.get("reward_scale"), a.get("reward_bias")) != (10.0, -5.0) else ""))
+            + (_calql_args(a) if algo == "calql" else ""))
+
+
+#: Cal-QL's benchmark flags and the values they default to (its AntMaze settings), by the result key they record.
+_CALQL_FLAGS = {"cql_alpha": ("--calql-cql-alpha", 5.0), "init_alpha": ("--calql-init-alpha", 1.0),
+                "reward_scale": ("--calql-reward-scale", 10.0), "reward_bias": ("--calql-reward-bias", -5.0)}
+
+
+def _calql_args(a: dict[str, Any]) -> str:
+    """Cal-QL's flags that differ from their defaults (and ``--calql-bc-alpha`` when it had the data term)."""
+    flags = [f" {flag} {a[key]:g}" for key, (flag, default) in _CALQL_FLAGS.items() if a.get(key, default) != default]
+    return (f" --calql-bc-alpha {a['bc_alpha']:g}" if a.get("bc_alpha") is not None else "") + "".join(flags)
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
