@@ -16,9 +16,12 @@ Cases (``--cases hopper,peginsert``; each case's result, and each PegInsert algo
   online steps more than 10 points below the offline success (the Cal-QL claim). Cal-QL samples ``--calql-n-actions``
   actions per state for each part of its conservative term (default 4, not the reference 10: the term's cost is linear
   in it; on 2 CPU threads the update alone runs about 14/s with 10 and 30/s with 4, and the trainer, with its env
-  steps and evaluations, about 17/s with 4). Cal-QL learns from ``10 r - 5``, its AntMaze setting for sparse 0/1
-  rewards (on Q-values in [0, 1] its conservative term at weight 5 outweighs the TD error: a run at scale 1 diverged
-  by 10k offline updates, Q 8.4 and the actor's entropy collapsed). IQL keeps its locomotion settings (expectile 0.7,
+  steps and evaluations, about 17/s with 4). Cal-QL learns from ``10 r - 5`` by default, its AntMaze setting for
+  sparse 0/1 rewards (on Q-values in [0, 1] its conservative term at weight 5 outweighs the TD error: a run at scale 1
+  diverged by 10k offline updates, Q 8.4 and the actor's entropy collapsed). ``--calql-reward-scale 1
+  --calql-reward-bias 0`` keeps the rewards as they are; the conservative weight (``--calql-cql-alpha``) and the
+  initial entropy temperature (``--calql-init-alpha``) scale with them (0.1 and 0.01 at scale 1: at a temperature of
+  1 the actor stays near uniform). IQL keeps its locomotion settings (expectile 0.7,
   temperature 3, rewards as they are): with its AntMaze ones (``r - 1``, 0.9, 10; commit a468016) it was at 0% offline
   and at every evaluation of 40k online steps, against 14% offline with these. With 0/1 rewards these weight nearly
   every transition alike (advantages of about 0.01), so offline IQL is close to imitating the whole mixed tier.
