@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.losses import bc_regularized_actor_loss, sac_actor_loss, temperature_loss
+from roboloop.offline_rl.losses import action_distance, bc_regularized_actor_loss, sac_actor_loss, temperature_loss
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
 
@@ -110,7 +110,7 @@ class SoftActor:
                 raise ConfigError("SoftActor.update: bc_alpha needs the batch's data_actions")
             mode = self.actor.mode(obs)
             actor_loss = bc_regularized_actor_loss(alpha * log_probs - q, q, mode, data_actions, bc_alpha)
-            stats["bc_distance"] = (mode - data_actions).pow(2).sum(-1).mean().item()
+            stats["bc_distance"] = action_distance(mode, data_actions).item()
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
         # One backward for both: the actor's loss sees alpha detached and the temperature's sees log pi detached,
         # so each optimizer gets exactly the gradient of its own loss (the same steps as two backwards, cheaper).

@@ -30,6 +30,7 @@ from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
 from roboloop.offline_rl.agent_state import Trainables, adam, frozen
 from roboloop.offline_rl.losses import (
+    action_distance,
     advantage_weights,
     bc_regularized_actor_loss,
     ensemble_td_loss,
@@ -159,7 +160,7 @@ class IQL:
             spread = -Normal(raw_mean.detach(), log_std.exp()).log_prob(actions).sum(-1).mean()
             actor_loss = bc_regularized_actor_loss(-q_policy, q_policy, mean, actions, cfg.bc_alpha) + spread
             actor_stats = {"q_policy": q_policy.mean().item(),
-                           "bc_distance": (mean - actions).pow(2).sum(-1).mean().item()}
+                           "bc_distance": action_distance(mean, actions).item()}
         self.trainables.step("actor", actor_loss)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)

@@ -80,6 +80,12 @@ def uniform_log_density(action_dim: int, low: float = -1.0, high: float = 1.0) -
     return -action_dim * math.log(high - low)
 
 
+def action_distance(policy_actions: Tensor, data_actions: Tensor) -> Tensor:
+    """Mean over the batch of the squared distance between actions (B, A), summed over the action's dimensions:
+    TD3+BC's data term, and the ``bc_distance`` its users log."""
+    return (policy_actions - data_actions).pow(2).sum(-1).mean()
+
+
 def bc_regularized_actor_loss(rl_loss: Tensor, q_policy: Tensor, policy_actions: Tensor, data_actions: Tensor,
                               bc_alpha: float) -> Tensor:
     """TD3+BC's actor objective (Fujimoto and Gu, 2021), DDPG+BC in Park et al. (2024), which found it extracts
@@ -97,7 +103,7 @@ def bc_regularized_actor_loss(rl_loss: Tensor, q_policy: Tensor, policy_actions:
                          f"got {tuple(rl_loss.shape)}, {tuple(q_policy.shape)}, {tuple(policy_actions.shape)}, "
                          f"{tuple(data_actions.shape)}")
     scale = bc_alpha / q_policy.detach().abs().mean().clamp(min=1e-6)
-    return scale * rl_loss.mean() + (policy_actions - data_actions).pow(2).sum(-1).mean()
+    return scale * rl_loss.mean() + action_distance(policy_actions, data_actions)
 
 
 def sac_actor_loss(q_policy: Tensor, log_probs: Tensor, alpha: Tensor | float) -> Tensor:
