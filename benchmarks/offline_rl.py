@@ -60,6 +60,7 @@ from roboloop.datasets import EpisodeStore
 from roboloop.datasets.agent_tiers import AgentConfig
 from roboloop.datasets.tiers import TiersConfig, make_tiers
 from roboloop.envs.evaluation import EvalConfig
+from roboloop.offline_rl.calql import EXTRACTIONS as CALQL_EXTRACTIONS
 from roboloop.offline_rl.calql import CalQLConfig
 from roboloop.offline_rl.iql import EXTRACTIONS, IQLConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig
@@ -98,6 +99,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="Cal-QL's initial entropy temperature (default 1, its reference setting)")
     parser.add_argument("--calql-bc-alpha", type=float, default=None,
                         help="Cal-QL's actor with TD3+BC's data term at this alpha (default: none, Cal-QL's actor)")
+    parser.add_argument("--calql-extraction", default=CalQLConfig.extraction, choices=CALQL_EXTRACTIONS,
+                        help="where Cal-QL's actor queries the critics: its samples (SAC) or its mode (DDPG+BC, "
+                             "needs --calql-bc-alpha)")
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
@@ -163,7 +167,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
     calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha, cql_alpha=args.calql_cql_alpha,
-                        init_alpha=args.calql_init_alpha)
+                        init_alpha=args.calql_init_alpha, extraction=args.calql_extraction)
     iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
     result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps,
                               "online_env_steps": online_steps, "eval_episodes": eval_cfg.n_episodes,
@@ -194,7 +198,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
             **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha,
-                "init_alpha": calql.init_alpha}
+                "init_alpha": calql.init_alpha, "extraction": calql.extraction}
                if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature, "extraction": iql.extraction,
                 **({"bc_alpha": iql.bc_alpha} if iql.extraction == "ddpg_bc" else {})})}

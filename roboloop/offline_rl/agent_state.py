@@ -94,21 +94,29 @@ class SoftActor:
         return self.log_alpha.exp()
 
     def update(self, obs: Tensor, critic: nn.Module, reduce: Callable[[Tensor], Tensor], *,
-               data_actions: Tensor | None = None, bc_alpha: float | None = None) -> dict[str, float]:
+               data_actions: Tensor | None = None, bc_alpha: float | None = None,
+               q_at_mode: bool = False) -> dict[str, float]:
         """One actor step against ``reduce(critic(obs, actions) (E, B)) -> (B,)`` (the critic's weights get no
         gradient), then one temperature step. With ``bc_alpha``, the actor's objective is TD3+BC's: SAC's, scaled
-        by ``bc_alpha / mean|Q|``, plus the squared distance of the actor's mode to ``data_actions`` (B, A)."""
+        by ``bc_alpha / mean|Q|``, plus the squared distance of the actor's mode to ``data_actions`` (B, A).
+        ``q_at_mode`` (with ``bc_alpha``) queries the critic at the mode instead of at the reparameterized samples
+        (DDPG+BC): the action the policy is evaluated with is the one that climbs Q, and the spread follows the
+        entropy term alone."""
         actions, log_probs = self.actor.rsample(obs)
-        with frozen(critic):
-            q = reduce(critic(obs, actions))
         alpha = self.alpha.detach()
         stats: dict[str, float] = {}
         if bc_alpha is None:
+            if q_at_mode:
+                raise ConfigError("SoftActor.update: q_at_mode is DDPG+BC's extraction and needs bc_alpha")
+            with frozen(critic):
+                q = reduce(critic(obs, actions))
             actor_loss = sac_actor_loss(q, log_probs, alpha)
         else:
             if data_actions is None:
                 raise ConfigError("SoftActor.update: bc_alpha needs the batch's data_actions")
             mode = self.actor.mode(obs)
+            with frozen(critic):
+                q = reduce(critic(obs, mode if q_at_mode else actions))
             actor_loss = bc_regularized_actor_loss(alpha * log_probs - q, q, mode, data_actions, bc_alpha)
             stats["bc_distance"] = action_distance(mode, data_actions).item()
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)

@@ -31,6 +31,7 @@ from roboloop.offline_rl.networks import QEnsemble, soft_update
 from roboloop.offline_rl.replay import Transitions
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
+EXTRACTIONS = ("sac", "ddpg_bc")
 
 @dataclass
 class CalQLConfig:
@@ -55,6 +56,10 @@ class CalQLConfig:
             the actor near the data while the critic is still uninformed (``IQLConfig.bc_alpha``'s scale). The
             normalization divides by mean |Q|, which a reward offset inflates without changing Q's slope in the
             action: with ``10 r - 5`` on PegInsert, |Q| is about 170 where IQL's (0/1 rewards) is about 0.15.
+        extraction: Where the actor's objective queries the critics: ``sac`` at reparameterized samples (Cal-QL's
+            actor), ``ddpg_bc`` at the actor's mode (DDPG+BC, Park et al. 2024; needs ``bc_alpha``). The mode is
+            the action evaluations run, so with ``ddpg_bc`` it is the one that climbs Q; the spread then follows
+            the entropy temperature alone.
     """
 
     calibrated: bool = True
@@ -70,8 +75,14 @@ class CalQLConfig:
     target_entropy: float | None = None
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     bc_alpha: float | None = None
+    extraction: str = "sac"
 
     def __post_init__(self) -> None:
+        if self.extraction not in EXTRACTIONS:
+            raise ConfigError(f"calql.extraction must be one of {EXTRACTIONS}, got {self.extraction!r}")
+        if self.extraction == "ddpg_bc" and self.bc_alpha is None:
+            raise ConfigError("calql.extraction=ddpg_bc needs calql.bc_alpha (the weight of the Q term against the "
+                              "data term)")
         if self.bc_alpha is not None and self.bc_alpha <= 0:
             raise ConfigError(f"calql.bc_alpha must be > 0 (or None for no behavior term), got {self.bc_alpha}")
         if self.cql_alpha < 0 or self.n_actions < 1 or self.cql_temperature <= 0:
@@ -160,10 +171,10 @@ class CalQL:
         critic_loss = td_loss + cfg.cql_alpha * penalty
         self.trainables.step("critic", critic_loss)
 
-        # --- actor (SAC, against the pessimistic min of the two critics; TD3+BC's data term with bc_alpha) and
-        # temperature
+        # --- actor (SAC, against the pessimistic min of the two critics; TD3+BC's data term with bc_alpha, Q at
+        # the mode with ddpg_bc) and temperature
         actor_stats = self.soft.update(obs, self.critic, lambda q: q.min(dim=0).values, data_actions=actions,
-                                       bc_alpha=cfg.bc_alpha)
+                                       bc_alpha=cfg.bc_alpha, q_at_mode=cfg.extraction == "ddpg_bc")
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
         return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "alpha": self.alpha.item(),
