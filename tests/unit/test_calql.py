@@ -26,11 +26,12 @@ def bandit_data(n: int = 2000, seed: int = 0) -> ReplayBuffer:
     return buffer
 
 
-def train(calibrated: bool, steps: int = 400, bc_alpha: float | None = None) -> tuple[CalQL, torch.Tensor]:
+def train(calibrated: bool, steps: int = 400, bc_alpha: float | None = None,
+          extraction: str = "sac") -> tuple[CalQL, torch.Tensor]:
     torch.manual_seed(0)
     agent = CalQL(TanhGaussianMLP(1, 1, hidden_dims=(32, 32)), 1, 1,
                   CalQLConfig(calibrated=calibrated, cql_alpha=5.0, n_actions=4, hidden_dims=[32, 32],
-                              actor_lr=1e-3, critic_lr=1e-3, bc_alpha=bc_alpha))
+                              actor_lr=1e-3, critic_lr=1e-3, bc_alpha=bc_alpha, extraction=extraction))
     data, generator = bandit_data(), torch.Generator().manual_seed(0)
     for _ in range(steps):
         metrics = agent.update(data.sample(128, generator))
@@ -62,6 +63,17 @@ def test_the_behavior_term_holds_the_actor_near_the_data_from_the_first_updates(
     assert errors[1.0] < 0.75 * errors[None]
     with pytest.raises(ConfigError, match="bc_alpha"):
         CalQLConfig(bc_alpha=0.0)
+
+
+def test_ddpg_bc_extraction_climbs_the_critics_at_the_mode() -> None:
+    s = torch.linspace(-0.9, 0.9, 19)[:, None]
+    agent, q_mode = train(calibrated=True, steps=400, bc_alpha=1.0, extraction="ddpg_bc")
+    assert (agent.actor.mode(s) - s).abs().mean().item() < 0.3  # the reward's peak, a = s
+    assert q_mode.min() > 0.9  # still calibrated
+    with pytest.raises(ConfigError, match="needs calql.bc_alpha"):
+        CalQLConfig(extraction="ddpg_bc")
+    with pytest.raises(ConfigError, match="extraction"):
+        CalQLConfig(extraction="awr")
 
 
 def test_state_round_trips_and_the_actor_must_be_squashed() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from roboloop.core.errors import ConfigError
 from roboloop.offline_rl.agent_state import frozen, optimizer_step
-from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
+from roboloop.offline_rl.losses import bc_regularized_actor_loss, sac_actor_loss, temperature_loss
 from roboloop.offline_rl.networks import EnsembleLayerNorm
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
@@ -75,3 +75,36 @@ def test_one_backward_for_actor_and_temperature_matches_two_separate_steps() -> 
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(merged.soft.log_alpha, separate.soft.log_alpha, rtol=0, atol=0)
     assert merged.soft.log_alpha.item() != np.log(0.5)  # the temperature did move
+
+
+def test_q_at_mode_is_ddpg_bc_against_the_critics_at_the_actors_mode() -> None:
+    """With ``q_at_mode`` the Q term is the critics' value of the mode, not of the reparameterized samples."""
+
+    def build() -> SAC:
+        torch.manual_seed(0)
+        return SAC(TanhGaussianMLP(2, 2, hidden_dims=(8,)), 2, 2, SACConfig(n_critics=2, hidden_dims=[8],
+                                                                              init_alpha=0.5))
+
+    obs, data_actions = torch.randn(16, 2), torch.rand(16, 2) * 2 - 1
+    reduce = lambda q: q.min(dim=0).values  # noqa: E731
+    results = {}
+    for q_at_mode in (True, False):
+        agent = build()
+        torch.manual_seed(1)
+        agent.soft.update(obs, agent.critic, reduce, data_actions=data_actions, bc_alpha=2.0, q_at_mode=q_at_mode)
+        results[q_at_mode] = agent
+    by_hand = build()
+    soft = by_hand.soft
+    torch.manual_seed(1)
+    _, log_probs = soft.actor.rsample(obs)
+    mode = soft.actor.mode(obs)
+    with frozen(by_hand.critic):
+        q_mode = reduce(by_hand.critic(obs, mode))
+    loss = bc_regularized_actor_loss(soft.alpha.detach() * log_probs - q_mode, q_mode, mode, data_actions, 2.0)
+    optimizer_step(loss, soft.optimizers["actor"])
+    for a, b in zip(results[True].actor.parameters(), by_hand.actor.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    assert not all(torch.equal(a, b) for a, b in zip(results[False].actor.parameters(), by_hand.actor.parameters(),
+                                                     strict=True))
+    with pytest.raises(ConfigError, match="needs bc_alpha"):
+        by_hand.soft.update(obs, by_hand.critic, reduce, q_at_mode=True)
