@@ -99,25 +99,36 @@ class SoftActor:
         """One actor step against ``reduce(critic(obs, actions) (E, B)) -> (B,)`` (the critic's weights get no
         gradient), then one temperature step. With ``bc_alpha``, the actor's objective is TD3+BC's: SAC's, scaled
         by ``bc_alpha / mean|Q|``, plus the squared distance of the actor's mode to ``data_actions`` (B, A).
-        ``q_at_mode`` (with ``bc_alpha``) queries the critic at the mode instead of at the reparameterized samples
-        (DDPG+BC): the action the policy is evaluated with is the one that climbs Q, and the spread follows the
-        entropy term alone."""
-        actions, log_probs = self.actor.rsample(obs)
+
+        ``q_at_mode`` (with ``bc_alpha``) is DDPG+BC for the mode: the mode climbs Q at the mode, the action
+        evaluations run, while the spread keeps SAC's objective at samples drawn around the mode held fixed.
+        Without that second part nothing would pull the entropy down to its target (the temperature only ever
+        pushes it up), and Cal-QL's backup, at a' ~ pi(s'), would value a near-uniform policy."""
         alpha = self.alpha.detach()
         stats: dict[str, float] = {}
         if bc_alpha is None:
             if q_at_mode:
                 raise ConfigError("SoftActor.update: q_at_mode is DDPG+BC's extraction and needs bc_alpha")
+            actions, log_probs = self.actor.rsample(obs)
             with frozen(critic):
                 q = reduce(critic(obs, actions))
             actor_loss = sac_actor_loss(q, log_probs, alpha)
         else:
             if data_actions is None:
                 raise ConfigError("SoftActor.update: bc_alpha needs the batch's data_actions")
-            mode = self.actor.mode(obs)
-            with frozen(critic):
-                q = reduce(critic(obs, mode if q_at_mode else actions))
-            actor_loss = bc_regularized_actor_loss(alpha * log_probs - q, q, mode, data_actions, bc_alpha)
+            mean, log_std = self.actor(obs)
+            mode = self.actor.squash(mean)
+            if q_at_mode:
+                actions, log_probs = self.actor.rsample_at(mean.detach(), log_std)
+                with frozen(critic):
+                    q_mode, q_samples = reduce(critic(torch.cat([obs, obs]), torch.cat([mode, actions]))).chunk(2)
+                rl_loss, q = alpha * log_probs - q_samples - q_mode, q_mode
+            else:
+                actions, log_probs = self.actor.rsample_at(mean, log_std)
+                with frozen(critic):
+                    q = reduce(critic(obs, actions))
+                rl_loss = alpha * log_probs - q
+            actor_loss = bc_regularized_actor_loss(rl_loss, q, mode, data_actions, bc_alpha)
             stats["bc_distance"] = action_distance(mode, data_actions).item()
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
         # One backward for both: the actor's loss sees alpha detached and the temperature's sees log pi detached,

@@ -58,8 +58,8 @@ class CalQLConfig:
             action: with ``10 r - 5`` on PegInsert, |Q| is about 170 where IQL's (0/1 rewards) is about 0.15.
         extraction: Where the actor's objective queries the critics: ``sac`` at reparameterized samples (Cal-QL's
             actor), ``ddpg_bc`` at the actor's mode (DDPG+BC, Park et al. 2024; needs ``bc_alpha``). The mode is
-            the action evaluations run, so with ``ddpg_bc`` it is the one that climbs Q; the spread then follows
-            the entropy temperature alone.
+            the action evaluations run, so with ``ddpg_bc`` it is the one that climbs Q; the spread keeps SAC's
+            objective at samples around the mode held fixed (``SoftActor.update``'s ``q_at_mode``).
     """
 
     calibrated: bool = True

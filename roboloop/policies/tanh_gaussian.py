@@ -77,13 +77,20 @@ class TanhGaussianMLP(nn.Module):
     def rsample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """A reparameterized sample for obs (B, obs_dim): (action (B, Da), log_prob (B,)), both differentiable;
         the noise comes from ``generator`` (None: the global torch RNG)."""
-        mean, log_std = self(obs)
+        return self.rsample_at(*self(obs), generator=generator)
+
+    def rsample_at(self, mean: Tensor, log_std: Tensor,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``rsample`` from ``forward``'s outputs (B, Da) (either may be detached to keep its gradient out)."""
         u = mean + log_std.exp() * randn_like(mean, generator)
         return self._squash(u, mean, log_std)
 
     def mode(self, obs: Tensor) -> Tensor:
         """The deterministic action ``center + half_range * tanh(mean)`` (B, Da)."""
-        mean, _ = self(obs)
+        return self.squash(self(obs)[0])
+
+    def squash(self, mean: Tensor) -> Tensor:
+        """``forward``'s pre-tanh mean (B, Da) -> the mode ``center + half_range * tanh(mean)`` (B, Da)."""
         return self.action_center + self.action_half_range * torch.tanh(mean)
 
     @torch.no_grad()

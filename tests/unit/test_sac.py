@@ -8,7 +8,7 @@ import torch
 
 from roboloop.core.errors import ConfigError
 from roboloop.offline_rl.agent_state import frozen, optimizer_step
-from roboloop.offline_rl.losses import bc_regularized_actor_loss, sac_actor_loss, temperature_loss
+from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
 from roboloop.offline_rl.networks import EnsembleLayerNorm
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
@@ -77,8 +77,8 @@ def test_one_backward_for_actor_and_temperature_matches_two_separate_steps() -> 
     assert merged.soft.log_alpha.item() != np.log(0.5)  # the temperature did move
 
 
-def test_q_at_mode_is_ddpg_bc_against_the_critics_at_the_actors_mode() -> None:
-    """With ``q_at_mode`` the Q term is the critics' value of the mode, not of the reparameterized samples."""
+def test_q_at_mode_is_ddpg_bc_for_the_mode_and_sac_for_the_spread() -> None:
+    """With ``q_at_mode`` the mode climbs the critics' value of the mode, and only the spread sees Q at samples."""
 
     def build() -> SAC:
         torch.manual_seed(0)
@@ -94,16 +94,22 @@ def test_q_at_mode_is_ddpg_bc_against_the_critics_at_the_actors_mode() -> None:
         agent.soft.update(obs, agent.critic, reduce, data_actions=data_actions, bc_alpha=2.0, q_at_mode=q_at_mode)
         results[q_at_mode] = agent
     by_hand = build()
-    soft = by_hand.soft
+    soft, actor = by_hand.soft, by_hand.actor
     torch.manual_seed(1)
-    _, log_probs = soft.actor.rsample(obs)
-    mode = soft.actor.mode(obs)
+    mean, log_std = actor(obs)
+    noise = torch.randn_like(mean)
+    u = mean.detach() + log_std.exp() * noise  # the mean gets no gradient through the samples
+    samples = actor.squash(u)
+    log_probs = (torch.distributions.Normal(mean.detach(), log_std.exp()).log_prob(u)
+                 - torch.log(1 - torch.tanh(u) ** 2)).sum(-1)
+    mode = actor.squash(mean)
     with frozen(by_hand.critic):
-        q_mode = reduce(by_hand.critic(obs, mode))
-    loss = bc_regularized_actor_loss(soft.alpha.detach() * log_probs - q_mode, q_mode, mode, data_actions, 2.0)
+        q_mode, q_samples = reduce(by_hand.critic(obs, mode)), reduce(by_hand.critic(obs, samples))
+    loss = 2.0 / q_mode.detach().abs().mean() * (soft.alpha.detach() * log_probs - q_samples - q_mode).mean() \
+        + (mode - data_actions).pow(2).sum(-1).mean()
     optimizer_step(loss, soft.optimizers["actor"])
     for a, b in zip(results[True].actor.parameters(), by_hand.actor.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert not all(torch.equal(a, b) for a, b in zip(results[False].actor.parameters(), by_hand.actor.parameters(),
                                                      strict=True))
     with pytest.raises(ConfigError, match="needs bc_alpha"):
