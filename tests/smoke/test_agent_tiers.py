@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,11 @@ def test_pick_snapshots_follows_d4rl() -> None:
         AgentConfig(total_env_steps=1000, checkpoint_every=2048)
 
 
-def test_make_tiers_trains_an_agent_then_reuses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_make_tiers_trains_an_agent_then_reuses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where SB3's default logger would make its folders
     args = ["make-tiers", "task=Hopper-v5", "n_episodes=4", f"out_dir={tmp_path}/tiers", "progress=false",
             "agent.total_env_steps=6144", "agent.checkpoint_every=2048", "agent.eval_episodes=1",
             f"agent.agent_dir={tmp_path}/agent"]
@@ -51,6 +56,7 @@ def test_make_tiers_trains_an_agent_then_reuses_it(tmp_path: Path, capsys: pytes
     assert "mixed: 7 episodes" in capsys.readouterr().out
     index = json.loads((tmp_path / "agent" / "agent.json").read_text())
     assert index["complete"] and [s["env_steps"] for s in index["snapshots"]] == [2048, 4096, 6144]
+    assert not list(temp.glob("SB3-*"))  # no empty log folder per learn() call
     with EpisodeStore(tmp_path / "tiers" / "mixed.hdf5") as store:
         assert [store.attrs(d)["source"] for d in store.demos] == ["medium"] * 4 + ["noisy"] * 2 + ["random"]
         assert store.attrs(store.demos[0])["policy_id"].startswith("sb3-PPO(step_")
