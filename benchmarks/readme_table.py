@@ -253,9 +253,11 @@ _CALQL_FLAGS = {"cql_alpha": ("--calql-cql-alpha", 5.0), "init_alpha": ("--calql
 
 
 def _calql_args(a: dict[str, Any]) -> str:
-    """Cal-QL's flags that differ from their defaults (and ``--calql-bc-alpha`` when it had the data term)."""
+    """Cal-QL's flags that differ from their defaults (and ``--calql-bc-alpha`` when it had the data term,
+    ``--calql-extraction`` when it was not SAC's)."""
     flags = [f" {flag} {a[key]:g}" for key, (flag, default) in _CALQL_FLAGS.items() if a.get(key, default) != default]
-    return (f" --calql-bc-alpha {a['bc_alpha']:g}" if a.get("bc_alpha") is not None else "") + "".join(flags)
+    return (f" --calql-bc-alpha {a['bc_alpha']:g}" if a.get("bc_alpha") is not None else "") + "".join(flags) + (
+        f" --calql-extraction {a['extraction']}" if a.get("extraction", "sac") != "sac" else "")
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
