@@ -47,6 +47,10 @@ def test_ensemble_equals_separate_members(layer_norm: bool) -> None:
     q[1].sum().backward()
     first = ensemble.net[0].weight.grad
     assert first[0].abs().sum() == 0 and first[2].abs().sum() == 0 and first[1].abs().sum() > 0
+    # the scalar head (a dot product, not bmm) gets the gradient nn.Linear would
+    member = member_mlp(ensemble, 1)
+    member(torch.cat([obs, actions], -1)).sum().backward()
+    torch.testing.assert_close(ensemble.net[-1].weight.grad[1], member[-1].weight.grad.T, rtol=1e-5, atol=1e-5)
 
 
 def test_ensemble_rejects_wrong_shapes() -> None:
