@@ -33,6 +33,7 @@ from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
 EXTRACTIONS = ("sac", "ddpg_bc")
 
+
 @dataclass
 class CalQLConfig:
     """Cal-QL / CQL hyperparameters (Cal-QL's reference settings by default).

@@ -25,7 +25,9 @@ def mixed_tier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("algo", "extraction"), [("iql", []), ("iql", ["iql.extraction=ddpg_bc"]), ("calql", []),
-                                                   ("calql", ["calql.bc_alpha=50"]), ("rlpd", [])])
+                                                   ("calql", ["calql.bc_alpha=50"]),
+                                                   ("calql", ["calql.bc_alpha=0.5", "calql.extraction=ddpg_bc"]),
+                                                   ("rlpd", [])])
 def test_train_offline_writes_a_policy_a_critic_and_a_history(mixed_tier: Path, tmp_path: Path, algo: str,
                                                               extraction: list[str]) -> None:
     out = tmp_path / algo
