@@ -106,6 +106,8 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
                         help="PegInsert online envs; one update per step of them all (n_envs env steps)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="PegInsert training seed (batches, online env resets, networks; evaluations stay fixed)")
     parser.add_argument("--algos", default=",".join(ALGOS),
                         help="PegInsert algorithms to run; the others keep their stored result")
 
@@ -180,6 +182,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         base = TrainOfflineConfig(algo=algo, dataset=str(dataset), eval=eval_cfg, out_dir=str(out / algo), calql=calql,
                                   iql=iql, n_envs=args.n_envs, **rewards,
                                   train=OffPolicyConfig(offline_steps=offline_steps, eval_every=offline_steps,
+                                                        seed=args.seed,
                                                         checkpoint_every=eval_every, log_every=max(eval_every // 10, 1),
                                                         progress=False))
         offline = train_offline(base)
@@ -196,7 +199,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "min_success_first_20k": min(early) if early else None, "curve": curve,
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
-            "exploration_noise": args.exploration_noise, "n_envs": args.n_envs,
+            "exploration_noise": args.exploration_noise, "n_envs": args.n_envs, "seed": args.seed,
             **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha,
                 "init_alpha": calql.init_alpha, "extraction": calql.extraction}
                if algo == "calql" else

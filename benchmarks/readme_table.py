@@ -241,6 +241,7 @@ def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
             f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps'] // n_envs} --episodes "
             f"{p['eval_episodes']}" + ("" if noise is None else f" --exploration-noise {noise:g}")
             + ("" if n_envs == 1 else f" --n-envs {n_envs}")
+            + (f" --seed {a['seed']}" if a.get("seed", 0) else "")
             + (f" --iql-temperature {a['temperature']:g}" if algo == "iql" and a["temperature"] != 3.0 else "")
             + (f" --iql-extraction ddpg_bc --iql-bc-alpha {a['bc_alpha']:g}"
                if algo == "iql" and a.get("extraction") == "ddpg_bc" else "")
