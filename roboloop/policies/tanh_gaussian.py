@@ -72,7 +72,7 @@ class TanhGaussianMLP(nn.Module):
         gaussian = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
         log_det = 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))  # log(1 - tanh(u)^2)
         log_prob = (gaussian - log_det - torch.log(self.action_half_range)).sum(-1)
-        return self.action_center + self.action_half_range * torch.tanh(u), log_prob
+        return self.squash(u), log_prob
 
     def rsample(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """A reparameterized sample for obs (B, obs_dim): (action (B, Da), log_prob (B,)), both differentiable;
