@@ -134,12 +134,13 @@ def replay_from_minari(dataset_id: str, *, root: str | Path | None = None, gamma
         for episode in dataset.iterate_episodes():
             obs = _flatten(space, episode.observations)
             actions = np.asarray(episode.actions, dtype=np.float32).reshape(len(episode.rewards), -1)
-            rewards = reward_scale * np.asarray(episode.rewards, dtype=np.float64) + reward_bias
+            if buffer is None:
+                buffer = ReplayBuffer(obs.shape[1], actions.shape[1], dataset.total_steps, keys,
+                                      reward_scale=reward_scale, reward_bias=reward_bias, returns_gamma=gamma)
+            rewards = buffer.env_rewards(episode.rewards)
             if not np.isfinite(rewards).all():
                 raise DatasetError(f"Minari dataset {dataset_id!r}: episode {episode.id}'s rewards contain NaN or "
                                    f"inf; RL learns from rewards")
-            if buffer is None:
-                buffer = ReplayBuffer(obs.shape[1], actions.shape[1], dataset.total_steps, keys)
             mc = discounted_returns(rewards, gamma) if gamma is not None else None
             buffer.add(obs[:-1], actions, rewards, obs[1:], np.asarray(episode.terminations, dtype=bool),
                        np.asarray(episode.truncations, dtype=bool), mc)

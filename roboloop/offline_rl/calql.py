@@ -7,7 +7,8 @@ conservative term pushes Q down on sampled actions (uniform ones and the policy'
 by their log-densities) and up on the data's. Cal-QL lower-bounds the Q-values of the *policy's* sampled actions
 by the data's Monte-Carlo return-to-go before the push, so Q is never pushed below what the behavior achieved:
 at the switch to online data the critic is calibrated and the policy does not first unlearn. Online transitions
-carry no return (NaN) and are not calibrated.
+carry their episode's return once it ends (``OffPolicyTrainer``), as in the reference, which computes it for
+every collected trajectory.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ A transition is ``(obs, action, reward, next_obs, terminated, truncated, mc_retu
 bootstraps from ``next_obs``, which for the last step of an episode is the episode's final observation (the
 store keeps it: ``next_obs[-1]``). ``mc_return`` is the discounted return-to-go of the behavior that produced the
 data (Cal-QL's calibration reference): ``G_t = r_t + gamma * G_{t+1}``, the tail of a truncated episode counted
-as 0 (a lower bound when rewards are non-negative, which is what Cal-QL needs); NaN for online transitions.
+as 0 (a lower bound when rewards are non-negative, which is what Cal-QL needs). A buffer records how its rewards
+and returns were made (``reward_scale``, ``reward_bias``, ``returns_gamma``), so that online data added next to it
+is made the same way (``OffPolicyTrainer``); until an online episode ends, its transitions' returns are NaN.
 
 Shapes: N = buffer size, B = batch size, D = observation dim (the low-dimensional keys concatenated in the
 order given), A = action dim.
@@ -56,14 +58,19 @@ class ReplayBuffer:
         action_dim: A.
         capacity: Transitions kept; once full, the oldest are overwritten.
         obs_keys: The observation keys whose concatenation ``obs`` is (recorded for checks; optional).
+        reward_scale, reward_bias: The rewards are ``reward_scale * r + reward_bias`` of the env's (recorded, not
+            applied: ``env_rewards`` applies them to new env rewards).
+        returns_gamma: Discount of the ``mc_returns`` (None: none computed).
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, capacity: int, obs_keys: Sequence[str] | None = None) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, obs_keys: Sequence[str] | None = None, *,
+                 reward_scale: float = 1.0, reward_bias: float = 0.0, returns_gamma: float | None = None) -> None:
         if min(obs_dim, action_dim, capacity) < 1:
             raise ConfigError(f"ReplayBuffer needs obs_dim, action_dim, capacity >= 1, got {obs_dim}, "
                               f"{action_dim}, {capacity}")
         self.obs_dim, self.action_dim, self.capacity = obs_dim, action_dim, capacity
         self.obs_keys = list(obs_keys) if obs_keys is not None else None
+        self.reward_scale, self.reward_bias, self.returns_gamma = reward_scale, reward_bias, returns_gamma
         self.obs = torch.zeros(capacity, obs_dim)
         self.actions = torch.zeros(capacity, action_dim)
         self.rewards = torch.zeros(capacity)
@@ -97,9 +104,10 @@ class ReplayBuffer:
                 raise InputError(f"replay {name} contains NaN or inf (rows "
                                  f"{np.flatnonzero(~np.isfinite(array.reshape(n, -1)).all(1))[:10].tolist()})")
             arrays[name] = torch.from_numpy(np.ascontiguousarray(array))
-        if n > self.capacity:  # only the newest fit
+        if n > self.capacity:  # only the newest fit; the dropped ones still count, so a row is always added % capacity
             arrays = {k: v[-self.capacity:] for k, v in arrays.items()}
             self.added += n - self.capacity
+            self.position = (self.position + n - self.capacity) % self.capacity
             n = self.capacity
         rows = (self.position + torch.arange(n)) % self.capacity
         for name, value in arrays.items():
@@ -109,6 +117,21 @@ class ReplayBuffer:
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         self.added += n
+
+    def env_rewards(self, rewards: np.ndarray) -> np.ndarray:
+        """Env rewards (n,) as this buffer's rewards are: ``reward_scale * r + reward_bias``."""
+        return self.reward_scale * np.asarray(rewards, dtype=np.float64) + self.reward_bias
+
+    def set_mc_returns(self, indices: np.ndarray, returns: np.ndarray) -> None:
+        """Returns-to-go (n,) of transitions given by their order of addition ``indices`` (n,) (0: the first
+        transition ever added); those already overwritten by newer ones are skipped."""
+        indices, returns = np.asarray(indices, dtype=np.int64), np.asarray(returns, dtype=np.float64)
+        if indices.shape != returns.shape or (indices >= self.added).any():
+            raise InputError(f"set_mc_returns: {indices.shape} indices for {returns.shape} returns, or an index "
+                             f"not added yet ({self.added} added)")
+        kept = indices >= self.added - self.capacity
+        rows = torch.from_numpy(indices[kept] % self.capacity)
+        self.mc_returns[rows] = torch.from_numpy(returns[kept]).to(self.mc_returns.dtype)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Transitions:
         if self.size == 0:
@@ -185,14 +208,13 @@ def replay_from_store(path: str | Path, *, obs_keys: Sequence[str] | None = None
                                    f"(relabel the file, or use behavior cloning)")
         first = store.episode(store.demos[0], obs_keys=keys)
         obs_dim = flatten_observations(first.observations, keys).shape[1]
-        buffer = ReplayBuffer(obs_dim, first.actions.shape[1], capacity or store.total_steps, keys)
+        buffer = ReplayBuffer(obs_dim, first.actions.shape[1], capacity or store.total_steps, keys,
+                              reward_scale=reward_scale, reward_bias=reward_bias, returns_gamma=gamma)
         for demo in store.demos:
             episode = store.episode(demo, obs_keys=keys)
             if not np.isfinite(episode.rewards).all():
                 raise DatasetError(f"{str(path)!r}: {demo}'s rewards contain NaN or inf; RL learns from rewards")
-            if reward_scale != 1.0 or reward_bias != 0.0:
-                episode = replace(episode, rewards=reward_scale * np.asarray(episode.rewards, np.float64) + reward_bias)
-            buffer.add_episode(episode, keys, gamma)
+            buffer.add_episode(replace(episode, rewards=buffer.env_rewards(episode.rewards)), keys, gamma)
     return buffer
 
 
@@ -210,6 +232,21 @@ class MixedSampler:
             raise InputError(f"offline data has (obs, action) dims {(offline.obs_dim, offline.action_dim)}, the "
                              f"online buffer {(online.obs_dim, online.action_dim)}")
         self.offline, self.online, self.offline_fraction = offline, online, offline_fraction
+
+    def env_rewards(self, rewards: np.ndarray) -> np.ndarray:
+        """Env rewards (n,) as this buffer's rewards are: ``reward_scale * r + reward_bias``."""
+        return self.reward_scale * np.asarray(rewards, dtype=np.float64) + self.reward_bias
+
+    def set_mc_returns(self, indices: np.ndarray, returns: np.ndarray) -> None:
+        """Returns-to-go (n,) of transitions given by their order of addition ``indices`` (n,) (0: the first
+        transition ever added); those already overwritten by newer ones are skipped."""
+        indices, returns = np.asarray(indices, dtype=np.int64), np.asarray(returns, dtype=np.float64)
+        if indices.shape != returns.shape or (indices >= self.added).any():
+            raise InputError(f"set_mc_returns: {indices.shape} indices for {returns.shape} returns, or an index "
+                             f"not added yet ({self.added} added)")
+        kept = indices >= self.added - self.capacity
+        rows = torch.from_numpy(indices[kept] % self.capacity)
+        self.mc_returns[rows] = torch.from_numpy(returns[kept]).to(self.mc_returns.dtype)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Transitions:
         n_offline = batch_size if len(self.online) == 0 else round(batch_size * self.offline_fraction)

@@ -7,7 +7,9 @@ One loop for IQL, Cal-QL and SAC/RLPD (anything with ``update(batch) -> metrics`
 2. online: every env step the actor samples an action in each of the N envs (SAME_STEP autoreset vector env),
    the transitions go into the online buffer (a finished episode's ``next_obs`` is its final observation, so
    truncation bootstraps and termination does not), then ``utd_ratio`` updates on batches mixing offline and
-   online data (``MixedSampler``, RLPD's half and half by default).
+   online data (``MixedSampler``, RLPD's half and half by default). Online data is made as the offline buffer's
+   was: its rewards get the same scale and bias, and when the offline buffer has returns-to-go, every finished
+   online episode's are computed with the same discount (Cal-QL calibrates online data as it does offline data).
 
 Checkpoints (``checkpoints/last``, atomic) hold the agent, the online buffer, the counters, the RNG states and
 the evaluation history: a killed run continues with ``resume=True``. The offline buffer is rebuilt from its file.
@@ -34,7 +36,7 @@ from tqdm import tqdm
 
 from roboloop.core.checkpoint import read_train_state, save_train_state, train_state_exists
 from roboloop.core.errors import ConfigError, InputError
-from roboloop.offline_rl.replay import MixedSampler, ReplayBuffer, Transitions
+from roboloop.offline_rl.replay import MixedSampler, ReplayBuffer, Transitions, discounted_returns
 from roboloop.residual_rl.ppo import EpisodeTracker, final_observations
 from roboloop.training.trainer import rng_state, seed_everything, set_rng_state
 from roboloop.utils.io import write_json
@@ -104,6 +106,30 @@ class OffPolicyConfig:
             raise ConfigError(f"eval_every must be >= 0, got {self.eval_every}")
 
 
+class EpisodeReturns:
+    """Writes each finished online episode's discounted returns-to-go into the buffer's ``mc_returns`` (with the
+    buffer's ``returns_gamma``; nothing when it has none). Env i's transition of a step is the i-th of the N that
+    step adds. Episodes still running at a resume are dropped: their transitions keep NaN returns."""
+
+    def __init__(self, buffer: ReplayBuffer, n_envs: int) -> None:
+        self.buffer = buffer
+        self.indices: list[list[int]] = [[] for _ in range(n_envs)]
+        self.rewards: list[list[float]] = [[] for _ in range(n_envs)]
+
+    def step(self, first_index: int, rewards: np.ndarray, done: np.ndarray) -> None:
+        """One vector step: rewards and done (N,), its transitions added at ``first_index`` onwards."""
+        gamma = self.buffer.returns_gamma
+        if gamma is None:
+            return
+        for i, (reward, finished) in enumerate(zip(rewards, done, strict=True)):
+            self.indices[i].append(first_index + i)
+            self.rewards[i].append(float(reward))
+            if finished:
+                self.buffer.set_mc_returns(np.asarray(self.indices[i]),
+                                           discounted_returns(np.asarray(self.rewards[i]), gamma))
+                self.indices[i], self.rewards[i] = [], []
+
+
 @dataclass
 class OffPolicyResult:
     updates: int
@@ -133,7 +159,9 @@ class OffPolicyTrainer:
         self.evaluate_fn, self.meta = evaluate_fn, dict(meta or {})
         self.out_dir = Path(out_dir)
         self.last_dir = self.out_dir / "checkpoints" / "last"
-        self.online = ReplayBuffer(offline.obs_dim, offline.action_dim, cfg.online_capacity, offline.obs_keys)
+        self.online = ReplayBuffer(offline.obs_dim, offline.action_dim, cfg.online_capacity, offline.obs_keys,
+                                   reward_scale=offline.reward_scale, reward_bias=offline.reward_bias,
+                                   returns_gamma=offline.returns_gamma)
         self.sampler = MixedSampler(offline, self.online, cfg.offline_fraction)
         self.updates = 0
         self.online_env_steps = 0
@@ -169,16 +197,19 @@ class OffPolicyTrainer:
             if cfg.online_env_steps and self.envs is not None:
                 obs, _ = self.envs.reset(seed=[cfg.seed * 1000 + self.online_env_steps + i for i in range(n_envs)])
                 episodes = EpisodeTracker(n_envs)
+                returns = EpisodeReturns(self.online, n_envs)
                 while self.online_env_steps < cfg.online_env_steps:
                     action = self._explore(obs, generator)
-                    next_obs, reward, terminated, truncated, infos = self.envs.step(action)
-                    reward = np.asarray(reward, dtype=np.float64)
+                    next_obs, env_reward, terminated, truncated, infos = self.envs.step(action)
+                    reward = self.online.env_rewards(env_reward)
                     self.online_env_steps += n_envs
                     done = np.logical_or(terminated, truncated)
                     # SAME_STEP: a finished episode's returned obs already starts the next one; store its final one.
                     final = final_observations(next_obs, done, infos, self.online_env_steps)
+                    first_index = self.online.added
                     self.online.add(obs, action, reward, final, terminated, truncated)
-                    episodes.step(reward, done, infos)
+                    returns.step(first_index, reward, done)
+                    episodes.step(np.asarray(env_reward, dtype=np.float64), done, infos)
                     obs = next_obs
                     for _ in range(cfg.utd_ratio):
                         window.append(self.agent.update(self.sampler.sample(cfg.batch_size, generator)))

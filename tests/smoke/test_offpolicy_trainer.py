@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from roboloop.core.errors import ConfigError, InputError
-from roboloop.offline_rl import ReplayBuffer
+from roboloop.offline_rl import ReplayBuffer, discounted_returns
 from roboloop.offline_rl.iql import IQL, IQLConfig
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
@@ -91,10 +91,33 @@ def test_online_phase_stores_final_observations_and_mixes_data(tmp_path: Path) -
     assert len(trainer.online) == 30
     # Every 5th step of each env ends an episode by truncation; its next_obs is the final one (t = 5/5 = 1).
     assert online.truncated.sum().item() == 6 and (online.next_obs[online.truncated, 1] == 1.0).all()
-    assert torch.isnan(online.mc_returns).all()
+    assert torch.isnan(online.mc_returns).all()  # the offline data has no returns-to-go: none computed online
     with pytest.raises(InputError, match="do not match"):
         OffPolicyTrainer(agent, ReplayBuffer(3, 1, 4), config(online_env_steps=2), tmp_path / "x", envs=envs)
     envs.close()
+
+
+def test_online_data_is_made_as_the_offline_data_was(tmp_path: Path) -> None:
+    """Online rewards get the offline buffer's scale and bias, and finished episodes its returns-to-go."""
+    torch.manual_seed(0)
+    agent = SAC(TanhGaussianMLP(2, 1, hidden_dims=(16,)), 2, 1, SACConfig(n_critics=2, hidden_dims=[16]))
+    offline = random_point_mass_data()
+    offline.reward_scale, offline.reward_bias, offline.returns_gamma = 10.0, -5.0, 0.9
+    envs = make_envs(2, max_steps=5)
+    trainer = OffPolicyTrainer(agent, offline, config(offline_steps=2, online_env_steps=24, eval_every=0),
+                               tmp_path, envs=envs)
+    trainer.learn()
+    envs.close()
+    online = trainer.online.gather(torch.arange(len(trainer.online)))
+    # The point mass's reward is -|x'| and obs[0] of the next step is x': the stored reward is 10 r - 5.
+    np.testing.assert_allclose(online.rewards.numpy(), -10 * np.abs(online.next_obs[:, 0].numpy()) - 5, rtol=1e-5)
+    # Steps alternate env 0, env 1; each env's episodes are 5 steps: 2 finished per env, the third cut off.
+    for env in range(2):
+        rewards, returns = online.rewards[env::2].numpy(), online.mc_returns[env::2].numpy()
+        for start in (0, 5):
+            np.testing.assert_allclose(returns[start:start + 5], discounted_returns(rewards[start:start + 5], 0.9),
+                                       rtol=1e-5)
+        assert np.isnan(returns[10:]).all()  # the episode still running when online steps ran out
 
 
 def test_exploration_noise_acts_around_the_actors_mode(tmp_path: Path) -> None:

@@ -97,3 +97,20 @@ def test_reward_transform_applies_before_the_returns_to_go(tmp_path: Path) -> No
     batch = buffer.gather(torch.arange(3))
     np.testing.assert_allclose(batch.rewards.numpy(), [-1.0, -1.0, 1.0])
     np.testing.assert_allclose(batch.mc_returns.numpy(), discounted_returns(np.array([-1.0, -1.0, 1.0]), 0.5))
+    # The buffer records how its rewards were made, so online data can be made the same way.
+    assert (buffer.reward_scale, buffer.reward_bias, buffer.returns_gamma) == (2.0, -1.0, 0.5)
+    np.testing.assert_allclose(buffer.env_rewards(np.array([0.0, 1.0])), [-1.0, 1.0])
+
+
+def test_returns_set_later_land_on_their_rows_and_skip_overwritten_ones() -> None:
+    buffer = ReplayBuffer(obs_dim=1, action_dim=1, capacity=4)
+    for start, n in ((0, 1), (1, 6), (7, 3)):  # one add larger than the buffer: its first 3 never land
+        obs = np.arange(start, start + n, dtype=np.float32)[:, None]
+        buffer.add(obs, obs, obs[:, 0], obs + 1, np.zeros(n, bool), np.zeros(n, bool))
+    assert sorted(buffer.obs[:, 0].tolist()) == [6, 7, 8, 9]
+    buffer.set_mc_returns(np.array([1, 6, 9]), np.array([10.0, 60.0, 90.0]))
+    # The transition added i-th holds obs i; index 1 is gone, so only 6 and 9 are written.
+    by_obs = dict(zip(buffer.obs[:, 0].tolist(), buffer.mc_returns.tolist(), strict=True))
+    assert by_obs[6.0] == 60.0 and by_obs[9.0] == 90.0 and np.isnan(by_obs[7.0]) and np.isnan(by_obs[8.0])
+    with pytest.raises(InputError, match="not added yet"):
+        buffer.set_mc_returns(np.array([10]), np.array([1.0]))
