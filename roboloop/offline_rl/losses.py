@@ -52,7 +52,7 @@ def calibrate(q_policy: Tensor, reference: Tensor) -> Tensor:
     Monte-Carlo return-to-go. The
     conservative term then pushes those values down only as far as the reference, so the critic never
     under-estimates the data's own returns and online finetuning does not start with an unlearning dip.
-    NaN references (transitions with no known return, i.e. online data) leave their row unchanged."""
+    NaN references (no known return: an online episode still running) leave their row unchanged."""
     if q_policy.ndim < 2 or reference.shape != q_policy.shape[-2:-1]:
         raise InputError(f"reference has shape {tuple(reference.shape)}, expected ({q_policy.shape[-2]},) for "
                          f"Q-values of shape {tuple(q_policy.shape)}")
