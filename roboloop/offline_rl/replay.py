@@ -233,21 +233,6 @@ class MixedSampler:
                              f"online buffer {(online.obs_dim, online.action_dim)}")
         self.offline, self.online, self.offline_fraction = offline, online, offline_fraction
 
-    def env_rewards(self, rewards: np.ndarray) -> np.ndarray:
-        """Env rewards (n,) as this buffer's rewards are: ``reward_scale * r + reward_bias``."""
-        return self.reward_scale * np.asarray(rewards, dtype=np.float64) + self.reward_bias
-
-    def set_mc_returns(self, indices: np.ndarray, returns: np.ndarray) -> None:
-        """Returns-to-go (n,) of transitions given by their order of addition ``indices`` (n,) (0: the first
-        transition ever added); those already overwritten by newer ones are skipped."""
-        indices, returns = np.asarray(indices, dtype=np.int64), np.asarray(returns, dtype=np.float64)
-        if indices.shape != returns.shape or (indices >= self.added).any():
-            raise InputError(f"set_mc_returns: {indices.shape} indices for {returns.shape} returns, or an index "
-                             f"not added yet ({self.added} added)")
-        kept = indices >= self.added - self.capacity
-        rows = torch.from_numpy(indices[kept] % self.capacity)
-        self.mc_returns[rows] = torch.from_numpy(returns[kept]).to(self.mc_returns.dtype)
-
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Transitions:
         n_offline = batch_size if len(self.online) == 0 else round(batch_size * self.offline_fraction)
         parts = []
