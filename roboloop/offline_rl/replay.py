@@ -16,7 +16,6 @@ order given), A = action dim.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -145,12 +144,12 @@ class ReplayBuffer:
         return Transitions(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
                            self.terminated[idx], self.truncated[idx], self.mc_returns[idx])
 
-    def add_episode(self, episode: Episode, obs_keys: Sequence[str], gamma: float | None = None) -> None:
-        """Append every transition of ``episode`` (observations of ``obs_keys`` concatenated); with ``gamma``,
-        their discounted returns-to-go as ``mc_returns``."""
+    def add_episode(self, episode: Episode, obs_keys: Sequence[str]) -> None:
+        """Append every transition of ``episode`` (observations of ``obs_keys`` concatenated; the env's rewards),
+        made as this buffer's data is: rewards ``env_rewards``, returns-to-go discounted by ``returns_gamma``."""
         obs = flatten_observations(episode.observations, obs_keys)
-        rewards = np.asarray(episode.rewards, dtype=np.float64)
-        mc = discounted_returns(rewards, gamma) if gamma is not None else None
+        rewards = self.env_rewards(episode.rewards)
+        mc = discounted_returns(rewards, self.returns_gamma) if self.returns_gamma is not None else None
         self.add(obs[:-1], episode.actions, rewards, obs[1:], episode.terminated, episode.truncated, mc)
 
     def state_dict(self) -> dict[str, Any]:
@@ -214,7 +213,7 @@ def replay_from_store(path: str | Path, *, obs_keys: Sequence[str] | None = None
             episode = store.episode(demo, obs_keys=keys)
             if not np.isfinite(episode.rewards).all():
                 raise DatasetError(f"{str(path)!r}: {demo}'s rewards contain NaN or inf; RL learns from rewards")
-            buffer.add_episode(replace(episode, rewards=buffer.env_rewards(episode.rewards)), keys, gamma)
+            buffer.add_episode(episode, keys)
     return buffer
 
 
