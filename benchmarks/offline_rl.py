@@ -105,7 +105,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
-                        help="PegInsert online envs; one update per step of them all (n_envs env steps)")
+                        help="PegInsert online envs; --utd-ratio updates per step of them all (n_envs env steps)")
+    parser.add_argument("--utd-ratio", type=int, default=1,
+                        help="PegInsert updates per online vector-env step (Cal-QL's reference: 1 per env step)")
     parser.add_argument("--seed", type=int, default=0,
                         help="PegInsert training seed (batches, online env resets, networks; evaluations stay fixed)")
     parser.add_argument("--algos", default=",".join(ALGOS),
@@ -189,7 +191,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         offline_success = offline["result"].history[-1]["success_rate"]
         online_cfg = replace(base, init=str(out / algo), out_dir=str(out / f"{algo}_online"),
                              train=replace(base.train, offline_steps=0, online_env_steps=online_steps,
-                                           eval_every=eval_every, exploration_noise=args.exploration_noise))
+                                           eval_every=eval_every, exploration_noise=args.exploration_noise,
+                                           utd_ratio=args.utd_ratio))
         online = train_offline(online_cfg)
         curve = [{"online_env_steps": h["online_env_steps"], "success_rate": h["success_rate"]}
                  for h in online["result"].history]
@@ -200,6 +203,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "offline_seconds": offline["result"].seconds, "online_seconds": online["result"].seconds,
             "torch_threads": torch.get_num_threads(), "commit": git_commit(), **rewards,
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs, "seed": args.seed,
+            "utd_ratio": args.utd_ratio,
             **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha,
                 "init_alpha": calql.init_alpha, "extraction": calql.extraction}
                if algo == "calql" else

@@ -244,11 +244,11 @@ def _mean_last(curve: list[dict[str, Any]], k: int) -> float:
 
 def _peginsert_args(p: dict[str, Any], algo: str, a: dict[str, Any]) -> str:
     """The arguments that rerun one PegInsert algorithm at the sizes it was measured at."""
-    noise, n_envs = a.get("exploration_noise"), a.get("n_envs", 1)
+    noise, n_envs, utd = a.get("exploration_noise"), a.get("n_envs", 1), a.get("utd_ratio", 1)
     return (f"--cases peginsert --algos {algo} --offline-steps {p['offline_steps']} --online-steps "
-            f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps'] // n_envs} --episodes "
+            f"{p['online_env_steps']} --eval-every {a['curve'][0]['online_env_steps'] // n_envs * utd} --episodes "
             f"{p['eval_episodes']}" + ("" if noise is None else f" --exploration-noise {noise:g}")
-            + ("" if n_envs == 1 else f" --n-envs {n_envs}")
+            + ("" if n_envs == 1 else f" --n-envs {n_envs}") + ("" if utd == 1 else f" --utd-ratio {utd}")
             + (f" --seed {a['seed']}" if a.get("seed", 0) else "")
             + (f" --iql-temperature {a['temperature']:g}" if algo == "iql" and a["temperature"] != 3.0 else "")
             + (f" --iql-extraction ddpg_bc --iql-bc-alpha {a['bc_alpha']:g}"
