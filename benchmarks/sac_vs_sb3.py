@@ -31,6 +31,7 @@ from common import finish, fmt, markdown_table, parse_args, target
 from roboloop.offline_rl.replay import ReplayBuffer
 from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
+from roboloop.utils.sb3 import silence_logger
 
 NAME = "sac_vs_sb3"
 ENV_ID = "Hopper-v5"
@@ -81,12 +82,11 @@ def ours_stepper(data: dict[str, np.ndarray], cfg: SACConfig, seed: int) -> Call
 
 def sb3_stepper(data: dict[str, np.ndarray], seed: int) -> Callable[[int], None]:
     from stable_baselines3 import SAC as SB3SAC
-    from stable_baselines3.common.logger import Logger
 
     env = gym.make(ENV_ID)
     model = SB3SAC("MlpPolicy", env, batch_size=BATCH_SIZE, buffer_size=len(data["obs"]), learning_starts=0,
                    policy_kwargs={"net_arch": HIDDEN}, seed=seed, device="cpu")
-    model.set_logger(Logger(folder=None, output_formats=[]))  # configure(None, ...) makes an SB3-<date> temp dir
+    silence_logger(model)
     for i in range(len(data["obs"])):
         model.replay_buffer.add(data["obs"][i : i + 1], data["next_obs"][i : i + 1], data["actions"][i : i + 1],
                                 data["rewards"][i : i + 1], data["terminated"][i : i + 1],

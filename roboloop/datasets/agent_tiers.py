@@ -33,6 +33,7 @@ import torch
 from roboloop.core.errors import CheckpointError, ConfigError
 from roboloop.envs import task_info
 from roboloop.utils.io import atomic_path
+from roboloop.utils.sb3 import silence_logger
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,6 @@ def train_agent(task: str, cfg: AgentConfig, seed: int = 0, *, progress: bool = 
     the snapshots with their env steps and evaluation returns."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import VecNormalize
 
     info = task_info(task)
@@ -142,8 +142,7 @@ def train_agent(task: str, cfg: AgentConfig, seed: int = 0, *, progress: bool = 
     else:
         venv = VecNormalize(inner, gamma=0.99)
         model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0)
-    # SB3's default logger makes an empty SB3-<date> folder in the temp dir at every learn()
-    model.set_logger(Logger(folder=None, output_formats=[]))
+    silence_logger(model)
     while model.num_timesteps < cfg.total_env_steps:
         model.learn(cfg.checkpoint_every, reset_num_timesteps=False, progress_bar=progress)
         name = f"step_{model.num_timesteps:08d}"

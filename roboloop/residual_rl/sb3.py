@@ -25,6 +25,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from roboloop.core.errors import ConfigError
 from roboloop.residual_rl.env import env_info
 from roboloop.residual_rl.ppo import PPOConfig
+from roboloop.utils.sb3 import silence_logger
 
 SB3_DIFFERENCES = (
     "one learning rate (the actor's) for actor and critic",
@@ -137,8 +138,4 @@ def sb3_ppo(envs: VectorEnv, cfg: PPOConfig, *, hidden_dims: Sequence[int] = (25
                        "activation_fn": act, "log_std_init": init_logstd})
     if not learn_std:
         model.policy.log_std.requires_grad_(False)
-    if not verbose:  # SB3's default logger makes an empty SB3-<date> folder in the temp dir at every learn()
-        from stable_baselines3.common.logger import Logger
-
-        model.set_logger(Logger(folder=None, output_formats=[]))
-    return model
+    return model if verbose else silence_logger(model)
