@@ -102,6 +102,9 @@ def extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calql-extraction", default=CalQLConfig.extraction, choices=CALQL_EXTRACTIONS,
                         help="where Cal-QL's actor queries the critics: its samples (SAC) or its mode (DDPG+BC, "
                              "needs --calql-bc-alpha)")
+    parser.add_argument("--calql-max-target-backup", action=argparse.BooleanOptionalAction,
+                        default=CalQLConfig.max_target_backup,
+                        help="Cal-QL's target at the best of --calql-n-actions draws from pi(s') (its reference)")
     parser.add_argument("--exploration-noise", type=float, default=None,
                         help="online actions: the actor's mode plus noise of this std (default: the actor's samples)")
     parser.add_argument("--n-envs", type=int, default=1,
@@ -171,7 +174,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     eval_every = 50 if quick else args.eval_every
     eval_cfg = EvalConfig(n_episodes=2 if quick else args.episodes, seed=EVAL_SEED, progress=False)
     calql = CalQLConfig(n_actions=args.calql_n_actions, bc_alpha=args.calql_bc_alpha, cql_alpha=args.calql_cql_alpha,
-                        init_alpha=args.calql_init_alpha, extraction=args.calql_extraction)
+                        init_alpha=args.calql_init_alpha, extraction=args.calql_extraction,
+                        max_target_backup=args.calql_max_target_backup)
     iql = IQLConfig(temperature=args.iql_temperature, extraction=args.iql_extraction, bc_alpha=args.iql_bc_alpha)
     result: dict[str, Any] = {"dataset": str(dataset.relative_to(REPO_ROOT)), "offline_steps": offline_steps,
                               "online_env_steps": online_steps, "eval_episodes": eval_cfg.n_episodes,
@@ -205,7 +209,8 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "exploration_noise": args.exploration_noise, "n_envs": args.n_envs, "seed": args.seed,
             "utd_ratio": args.utd_ratio,
             **({"n_actions": calql.n_actions, "bc_alpha": calql.bc_alpha, "cql_alpha": calql.cql_alpha,
-                "init_alpha": calql.init_alpha, "extraction": calql.extraction}
+                "init_alpha": calql.init_alpha, "extraction": calql.extraction,
+                "max_target_backup": calql.max_target_backup}
                if algo == "calql" else
                {"expectile": iql.expectile, "temperature": iql.temperature, "extraction": iql.extraction,
                 **({"bc_alpha": iql.bc_alpha} if iql.extraction == "ddpg_bc" else {})})}

@@ -263,10 +263,12 @@ _CALQL_FLAGS = {"cql_alpha": ("--calql-cql-alpha", 5.0), "init_alpha": ("--calql
 
 def _calql_args(a: dict[str, Any]) -> str:
     """Cal-QL's flags that differ from their defaults (and ``--calql-bc-alpha`` when it had the data term,
-    ``--calql-extraction`` when it was not SAC's)."""
+    ``--calql-extraction`` when it was not SAC's, ``--no-calql-max-target-backup`` when its backup took one action:
+    results recorded before the max backup had it, which is why a missing key reads as off)."""
     flags = [f" {flag} {a[key]:g}" for key, (flag, default) in _CALQL_FLAGS.items() if a.get(key, default) != default]
     return (f" --calql-bc-alpha {a['bc_alpha']:g}" if a.get("bc_alpha") is not None else "") + "".join(flags) + (
-        f" --calql-extraction {a['extraction']}" if a.get("extraction", "sac") != "sac" else "")
+        f" --calql-extraction {a['extraction']}" if a.get("extraction", "sac") != "sac" else "") + (
+        "" if a.get("max_target_backup", False) else " --no-calql-max-target-backup")
 
 
 def _residual_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:

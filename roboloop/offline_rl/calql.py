@@ -2,7 +2,8 @@
 unlearning dip of offline-to-online finetuning; ``calibrated=False`` is plain CQL(H) (Kumar et al., 2020).
 
 Built on SAC: a squashed-Gaussian actor with an automatically tuned entropy temperature, two Q-functions with
-Polyak targets and a min-of-two backup (without the entropy term, as Cal-QL's reference configuration). The
+Polyak targets and a min-of-two backup without the entropy term, taken at the best of ``n_actions`` actions drawn
+from pi(s') (CQL's "max backup"; both as Cal-QL's reference configuration). The
 conservative term pushes Q down on sampled actions (uniform ones and the policy's at s and s', importance-weighted
 by their log-densities) and up on the data's. Cal-QL lower-bounds the Q-values of the *policy's* sampled actions
 by the data's Monte-Carlo return-to-go before the push, so Q is never pushed below what the behavior achieved:
@@ -53,6 +54,10 @@ class CalQLConfig:
             values a random policy.
         target_entropy: Entropy target of the temperature (None: -A).
         hidden_dims: Widths of the Q networks.
+        max_target_backup: The target's value of s' is the best, under the min of the two target critics, of
+            ``n_actions`` actions drawn from pi(s') (CQL's and Cal-QL's reference: on, for every task); off, of one
+            drawn action. On sparse rewards the max carries a success back through states where the policy still
+            mostly fails.
         bc_alpha: None (Cal-QL's actor: SAC against the critics) or TD3+BC's alpha: the SAC objective scaled by
             ``bc_alpha / mean|Q|`` plus the squared distance of the actor's mode to the data's action, which holds
             the actor near the data while the critic is still uninformed (``IQLConfig.bc_alpha``'s scale). The
@@ -76,6 +81,7 @@ class CalQLConfig:
     init_alpha: float = 1.0
     target_entropy: float | None = None
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    max_target_backup: bool = True
     bc_alpha: float | None = None
     extraction: str = "sac"
 
@@ -155,6 +161,16 @@ class CalQL:
             actions, log_probs = self.actor.rsample(action_obs.repeat_interleave(n, dim=0))
         return (self.critic(obs.repeat_interleave(n, dim=0), actions).reshape(-1, B, n), log_probs.reshape(B, n))
 
+    @torch.no_grad()
+    def backup_value(self, next_obs: Tensor) -> Tensor:
+        """The target's value of next_obs (B, D) -> (B,): the min of the two target critics at a' ~ pi(s'), the
+        best of ``n_actions`` such actions with ``max_target_backup``."""
+        n = self.cfg.n_actions if self.cfg.max_target_backup else 1
+        repeated = next_obs.repeat_interleave(n, dim=0)
+        next_actions, _ = self.actor.rsample(repeated)
+        next_q = self.critic_target(repeated, next_actions).min(dim=0).values  # (B * n,)
+        return next_q.reshape(next_obs.shape[0], n).max(dim=1).values
+
     def update(self, batch: Transitions) -> dict[str, float]:
         """One step on a batch of B transitions; returns the losses and diagnostics as floats."""
         cfg = self.cfg
@@ -162,11 +178,8 @@ class CalQL:
         rewards, terminated = batch.rewards.to(self.device), batch.terminated.to(self.device)
         next_obs = batch.next_obs.to(self.device)
 
-        # --- critics: TD (min of the two targets at a' ~ pi(s')) plus the conservative term
-        with torch.no_grad():
-            next_actions, _ = self.actor.rsample(next_obs)
-            next_q = self.critic_target(next_obs, next_actions).min(dim=0).values
-            target = td_target(rewards, terminated, next_q, cfg.gamma)
+        # --- critics: TD (min of the two targets at the best a' ~ pi(s')) plus the conservative term
+        target = td_target(rewards, terminated, self.backup_value(next_obs), cfg.gamma)
         q_data = self.critic(obs, actions)  # (E, B)
         td_loss = ensemble_td_loss(q_data, target)
         penalty, stats = self.conservative_term(batch, q_data)
