@@ -57,7 +57,8 @@ scores 0% on Lift: its chunks are sampled from the prior.
 Target (the issue's): on two tasks, both the diffusion and the ACT base gain >= 5 points from steering at the same
 ``n`` (``best_common_n``: the ``n`` with the most such tasks, then the largest smallest gain over their bases).
 Each base's best gain is reported too. Results accumulate in ``benchmarks/results/vgps.json``: ``--tasks`` reruns
-only those tasks, and a base, critic or evaluation already in ``outputs/bench/vgps`` is reused.
+only those tasks, and a base, critic or evaluation already in ``outputs/bench/vgps`` is reused if it was made
+with the same arguments (each run dir records them in ``recipe.json``; one made otherwise is discarded).
 
     .venv/bin/python benchmarks/vgps.py [--tasks Lift,PushAround,FetchPush-v4] [--episodes 100] [--samples 1,4,16]
         [--quick]
@@ -67,8 +68,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,11 +140,27 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"{NAME}: `roboloop {' '.join(args)}` exited with {rc}")
 
 
+def run_once(run_dir: Path, args: list[str], done: Callable[[], bool]) -> None:
+    """``roboloop args`` into ``run_dir`` unless it already holds a finished run (``done()``) of the same args.
+    The args are recorded in ``run_dir/recipe.json``; a run dir made with other args (a changed preset, ``--quick``,
+    or no record) is discarded first, so a stale base, critic or tier is never reused. An unfinished run of the same
+    args is run again (the training commands resume with ``train.resume=true``)."""
+    recipe = run_dir / "recipe.json"
+    same = recipe.exists() and json.loads(recipe.read_text()) == args
+    if same and done():
+        return
+    if not same and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(json.dumps(args))
+    run(args)
+
+
 def make_tiers(directory: Path, task: str, names: list[str], quick: bool, *overrides: str) -> Path:
-    """``roboloop make-tiers`` into ``directory`` unless every tier in ``names`` is already there."""
-    if not all((directory / f"{name}.hdf5").exists() for name in names):
-        run(["make-tiers", f"task={task}", f"tiers=[{','.join(names)}]", f"n_episodes={4 if quick else 200}",
-             f"out_dir={directory}", "progress=false", *overrides])
+    """``roboloop make-tiers`` into ``directory`` unless every tier in ``names`` is already there, made alike."""
+    run_once(directory, ["make-tiers", f"task={task}", f"tiers=[{','.join(names)}]",
+                         f"n_episodes={4 if quick else 200}", f"out_dir={directory}", "progress=false", *overrides],
+             lambda: all((directory / f"{name}.hdf5").exists() for name in names))
     return directory
 
 
@@ -162,21 +180,21 @@ def base_data(task: str, noise: float | None, out: Path, quick: bool) -> Path:
 def base_checkpoint(task: str, policy: str, out: Path, quick: bool) -> Path:
     run_dir = out / f"{task}_{policy}"
     checkpoint = run_dir / "checkpoints" / "last"
-    if not checkpoint_exists(checkpoint):
-        base = BASES[task][policy]
-        extra = ("train.steps=20", "train.batch_size=16") if quick else base.overrides
-        run(["train-bc", f"task={task}", f"policy={policy}", f"dataset={base_data(task, base.noise, out, quick)}",
-             f"out_dir={run_dir}", "train.progress=false", "train.eval_every=0", "evaluate=false",
-             "train.resume=true", *extra])
+    base = BASES[task][policy]
+    extra = ("train.steps=20", "train.batch_size=16") if quick else base.overrides
+    run_once(run_dir, ["train-bc", f"task={task}", f"policy={policy}",
+                       f"dataset={base_data(task, base.noise, out, quick)}", f"out_dir={run_dir}",
+                       "train.progress=false", "train.eval_every=0", "evaluate=false", "train.resume=true", *extra],
+             lambda: checkpoint_exists(checkpoint))
     return checkpoint
 
 
 def critic_dir(task: str, out: Path, quick: bool, steps: int) -> Path:
     run_dir = out / f"{task}_critic"
-    if not (run_dir / "critic" / "critic.json").exists():
-        run(["train-offline", "algo=iql", f"dataset={task_tiers(task, out, quick) / 'mixed.hdf5'}",
-             f"out_dir={run_dir}", f"train.offline_steps={20 if quick else steps}", "train.eval_every=0",
-             "train.progress=false", "train.resume=true", "eval.n_episodes=1"])
+    run_once(run_dir, ["train-offline", "algo=iql", f"dataset={task_tiers(task, out, quick) / 'mixed.hdf5'}",
+                       f"out_dir={run_dir}", f"train.offline_steps={20 if quick else steps}", "train.eval_every=0",
+                       "train.progress=false", "train.resume=true", "eval.n_episodes=1"],
+             lambda: (run_dir / "critic" / "critic.json").exists())
     return run_dir / "critic"
 
 
