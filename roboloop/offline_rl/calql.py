@@ -42,8 +42,9 @@ class CalQLConfig:
 
     Attributes:
         calibrated: Cal-QL's lower bound on the policy's Q-values; False is plain CQL.
-        cql_alpha: Weight of the conservative term (Cal-QL: 5 on AntMaze, 1 on Adroit/Kitchen).
-        n_actions: Actions sampled per state for each of: uniform, pi(s), pi(s').
+        cql_alpha: Weight of the conservative term (Cal-QL: 5 on AntMaze and Kitchen, 1 on Adroit).
+        n_actions: Actions sampled per state for each of the conservative term's uniform, pi(s) and pi(s') draws,
+            and for the max backup.
         cql_temperature: Temperature of the conservative term's logsumexp.
         gamma: Discount.
         target_update_rate: Polyak rate of the target Q-functions.
@@ -56,8 +57,8 @@ class CalQLConfig:
         hidden_dims: Widths of the Q networks.
         max_target_backup: The target's value of s' is the best, under the min of the two target critics, of
             ``n_actions`` actions drawn from pi(s') (CQL's and Cal-QL's reference: on, for every task); off, of one
-            drawn action. On sparse rewards the max carries a success back through states where the policy still
-            mostly fails.
+            drawn action. On sparse rewards the max lets a success the policy reaches only sometimes carry back
+            through the states before it.
         bc_alpha: None (Cal-QL's actor: SAC against the critics) or TD3+BC's alpha: the SAC objective scaled by
             ``bc_alpha / mean|Q|`` plus the squared distance of the actor's mode to the data's action, which holds
             the actor near the data while the critic is still uninformed (``IQLConfig.bc_alpha``'s scale). The
