@@ -222,18 +222,28 @@ def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         p = cases["peginsert"]
         algos = {a: x for a, x in p["algorithms"].items() if x["min_success_first_20k"] is not None}
         # The mean of the last five evaluations alongside the final one: 50-episode evaluations swing 10-15 points.
-        value = "; ".join(f"{algo}: offline {100 * a['offline_success']:.0f}% -> {100 * a['final_success']:.0f}% "
-                          f"(last five {100 * _mean_last(a['curve'], 5):.1f}%), "
+        value = "; ".join(f"{algo}: {_seeds(a)}offline {100 * a['offline_success']:.0f}% -> "
+                          f"{100 * a['final_success']:.0f}% (last five {100 * _mean_last(a['curve'], 5):.1f}%), "
                           f"lowest in the first 20k {100 * a['min_success_first_20k']:.0f}%"
                           for algo, a in algos.items())
         commits = ", ".join(f"{algo} {a.get('commit', r['commit'])}" for algo, a in algos.items())
-        reruns = [f"{_command('offline_rl')} `{_peginsert_args(p, algo, a)}`" for algo, a in algos.items()]
+        reruns = [f"{_command('offline_rl')} `{_peginsert_args(p, algo, run)}`"
+                  for algo, a in algos.items() for run in a.get("runs", [a])]
         rows.append((f"PegInsert `mixed`: {p['offline_steps']:,} offline updates, then {p['online_env_steps']:,} "
                      f"online env steps, {p['eval_episodes']} evaluation episodes (commit {commits})", value,
                      "+20 points; dip ≤ 10 points in the first 20k",
                      _status(_by_target(r, "online_gain") + _by_target(r, "dip_first_20k")),
                      "; ".join(reruns)))
     return rows
+
+
+def _seeds(a: dict[str, Any]) -> str:
+    """How a PegInsert entry of several seeds was made: the seeds and each one's gain (nothing for one seed)."""
+    if "runs" not in a:
+        return ""
+    gains = ", ".join(f"{100 * (run['final_success'] - run['offline_success']):+.0f}" for run in a["runs"])
+    seeds = ", ".join(str(seed) for seed in a["seeds"])
+    return f"mean of seeds {seeds} (gains {gains} points, mean {100 * a['gain']:+.0f}), "
 
 
 def _mean_last(curve: list[dict[str, Any]], k: int) -> float:
