@@ -238,9 +238,9 @@ def _offline_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
 
 def _seeds(a: dict[str, Any]) -> str:
-    """How a PegInsert entry of several seeds was made: the seeds and each one's gain (nothing for one seed)."""
+    """Which seeds a PegInsert entry is: one seed's number, or the seeds and each one's gain."""
     if "runs" not in a:
-        return ""
+        return f"seed {a.get('seed', 0)} only, "
     gains = ", ".join(f"{100 * (run['final_success'] - run['offline_success']):+.0f}" for run in a["runs"])
     seeds = ", ".join(str(seed) for seed in a["seeds"])
     return f"mean of seeds {seeds} (gains {gains} points, mean {100 * a['gain']:+.0f}), "
