@@ -80,6 +80,7 @@ from common import REPO_ROOT, Target, finish, markdown_table, parse_args, pct, r
 from roboloop.cli.main import main as roboloop_main
 from roboloop.core.checkpoint import checkpoint_exists
 from roboloop.core.metrics import format_rate
+from roboloop.utils.io import write_json
 
 NAME = "vgps"
 MIN_GAIN = 0.05
@@ -152,7 +153,7 @@ def run_once(run_dir: Path, args: list[str], done: Callable[[], bool]) -> None:
     if not same and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(json.dumps(args))
+    write_json(recipe, args)
     run(args)
 
 
