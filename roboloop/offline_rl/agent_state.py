@@ -18,9 +18,68 @@ from roboloop.offline_rl.losses import action_distance, bc_regularized_actor_los
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
 
 
-def adam(params: Iterable[Tensor], lr: float) -> torch.optim.Adam:
+class FusedAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` (the same update, bit for bit, and the same ``state_dict``) whose steps skip
+    torch's per-call bookkeeping: after the first step the parameters, moments and step counters of each group are
+    kept in lists, and a step is one ``_fused_adam_`` call per group.
+
+    Why: an off-policy update takes three optimizer steps over a handful of 256-unit layers, and torch's ``step``
+    spends longer rebuilding and regrouping those lists (every call) than the fused kernel spends on the update:
+    on 2 CPU cores about a third of a SAC update's non-matmul time. Step hooks are not run; a step where some
+    parameter has no gradient, or a group option the fused kernel call here does not pass (amsgrad, decoupled
+    weight decay), takes torch's own path.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float) -> None:
+        self._kept: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]] | None = None
+        super().__init__(params, lr=lr, fused=True)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._kept = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._kept = None  # the moments and counters are new tensors
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            super().zero_grad(set_to_none=False)
+            return
+        for group in self.param_groups:
+            for param in group["params"]:
+                param.grad = None
+
+    def _keep(self) -> None:
+        groups = []
+        for group in self.param_groups:
+            params = list(group["params"])
+            if group["amsgrad"] or group["decoupled_weight_decay"] or any(p not in self.state for p in params):
+                return
+            states = [self.state[p] for p in params]
+            groups.append((group, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                           [s["step"] for s in states]))
+        self._kept = groups
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        grads = None if self._kept is None else [[p.grad for p in kept[1]] for kept in self._kept]
+        if closure is not None or grads is None or any(g is None for group_grads in grads for g in group_grads):
+            loss = super().step(closure)
+            self._keep()
+            return loss
+        for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(self._kept, grads, strict=True):
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, group_grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"], beta1=beta1,
+                               beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                               maximize=group["maximize"])
+        return None
+
+
+def adam(params: Iterable[Tensor], lr: float) -> FusedAdam:
     """Adam with the fused kernel (one pass over all parameters; the same update as the default, to rounding)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+    return FusedAdam(params, lr=lr)
 
 
 @contextmanager
@@ -28,13 +87,14 @@ def frozen(module: nn.Module) -> Iterator[None]:
     """No parameter gradients for ``module`` inside the block (gradients still flow through it to its inputs):
     the actor's loss backpropagates through the critic to the actions, and computing the critic's weight
     gradients there would be wasted work."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
+    trained = [p for p in module.parameters() if p.requires_grad]
+    for p in trained:
+        p.requires_grad_(False)
     try:
         yield
     finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+        for p in trained:
+            p.requires_grad_(True)
 
 
 def optimizer_step(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:

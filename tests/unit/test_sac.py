@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import frozen, optimizer_step
+from roboloop.offline_rl.agent_state import FusedAdam, frozen, optimizer_step
 from roboloop.offline_rl.losses import sac_actor_loss, temperature_loss
 from roboloop.offline_rl.networks import EnsembleLayerNorm
 from roboloop.offline_rl.sac import SAC, SACConfig
@@ -114,3 +116,29 @@ def test_q_at_mode_is_ddpg_bc_for_the_mode_and_sac_for_the_spread() -> None:
                                                      strict=True))
     with pytest.raises(ConfigError, match="needs bc_alpha"):
         by_hand.soft.update(obs, by_hand.critic, reduce, q_at_mode=True)
+
+
+def test_fused_adam_steps_as_torch_adam_through_a_reload_and_a_missing_gradient() -> None:
+    """The kept-list steps must be torch's fused Adam bit for bit, and its checkpoints interchangeable with torch's."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    ours_opt, theirs_opt = FusedAdam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    for step in range(8):
+        ours_opt.zero_grad()
+        theirs_opt.zero_grad()
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if step == 5 and i == 1:  # no gradient: this parameter and its step counter must stay put
+                continue
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        ours_opt.step()
+        theirs_opt.step()
+        if step == 2:  # a resumed run: the reloaded moments are new tensors, which the next step must use
+            ours_opt.load_state_dict(copy.deepcopy(theirs_opt.state_dict()))
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [s["step"].item() for s in ours_opt.state.values()] == [8, 7]
+    torch.testing.assert_close(ours_opt.state_dict()["state"], theirs_opt.state_dict()["state"], rtol=0, atol=0)
+    ours_opt.zero_grad()
+    assert all(p.grad is None for p in ours)
