@@ -93,7 +93,7 @@ class QEnsemble(nn.Module):
             layers.append(EnsembleLinear(n_critics, width, hidden))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(n_critics, hidden))
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # on the layer's own fresh output: one (E, B, H) buffer fewer
             width = hidden
         layers.append(EnsembleLinear(n_critics, width, 1))
         self.net = nn.Sequential(*layers)
