@@ -81,6 +81,10 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
     bad[1, 2] = float("nan")
     with pytest.raises(InputError, match=r"NaN or inf \(rows \[1\]\)"):
         head.sample(bad)
+    bad[1, 2], bad[2, 0] = 0.0, -float("inf")
+    with pytest.raises(InputError, match=r"NaN or inf \(rows \[2\]\)"):
+        head.sample(bad)
+    head.sample(torch.full((2, OBS), 3e38))  # finite, though its sum overflows: not an error
     with pytest.raises(InputError, match="actor_action"):
         head.evaluate(torch.zeros(3, OBS), torch.zeros(3, ACT + 1))
     with pytest.raises(InputError, match="rows"):
