@@ -24,10 +24,10 @@ class FusedAdam(torch.optim.Adam):
     kept in lists, and a step is one ``_fused_adam_`` call per group.
 
     Why: an off-policy update takes three optimizer steps over a handful of 256-unit layers, and torch's ``step``
-    spends longer rebuilding and regrouping those lists (every call) than the fused kernel spends on the update:
-    on 2 CPU cores about a third of a SAC update's non-matmul time. Step hooks are not run; a step where some
-    parameter has no gradient, or a group option the fused kernel call here does not pass (amsgrad, decoupled
-    weight decay), takes torch's own path.
+    spends longer rebuilding and regrouping those lists (every call) than the fused kernel spends on the update
+    (a SAC update's profile, one core: 250 us per step, 70 of them in the kernel). Step hooks still run.
+    A step where some parameter has no gradient, or a group option the kernel call here does not pass (amsgrad,
+    decoupled weight decay), takes torch's own path.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float) -> None:
