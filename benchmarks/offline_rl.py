@@ -235,8 +235,12 @@ RUN_KEYS = ("offline_success", "final_success", "min_success_first_20k", "curve"
             "online_seconds", "torch_threads", "commit", "seed")
 
 
+# What a run recorded before the field existed: every run did one update per vector step before --utd-ratio.
+RECIPE_BEFORE_RECORDED = {"utd_ratio": 1}
+
+
 def recipe(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run.items() if k not in RUN_KEYS}
+    return {k: v for k, v in {**RECIPE_BEFORE_RECORDED, **run}.items() if k not in RUN_KEYS}
 
 
 def seed_runs(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
