@@ -223,7 +223,7 @@ def run_peginsert(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     stored_algorithms = stored["algorithms"] if same_sizes else {}
     for algo, run in runs.items():
         earlier = [r for r in seed_runs(stored_algorithms.get(algo)) if recipe(r) == recipe(run)
-                   and r.get("seed", 0) != run["seed"]]
+                   and r["seed"] != run["seed"]]
         result["algorithms"][algo] = over_seeds(earlier + [run])
     result["algorithms"] = {**{a: r for a, r in stored_algorithms.items() if a not in algos},
                             **result["algorithms"]}
@@ -235,17 +235,18 @@ RUN_KEYS = ("offline_success", "final_success", "min_success_first_20k", "curve"
             "online_seconds", "torch_threads", "commit", "seed")
 
 
-# What a run recorded before the field existed: every run did one update per vector step before --utd-ratio.
-RECIPE_BEFORE_RECORDED = {"utd_ratio": 1}
+# What a run stored before these fields were recorded did: seed 0, one update per vector step.
+BEFORE_RECORDED = {"seed": 0, "utd_ratio": 1}
 
 
 def recipe(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in {**RECIPE_BEFORE_RECORDED, **run}.items() if k not in RUN_KEYS}
+    return {k: v for k, v in run.items() if k not in RUN_KEYS}
 
 
 def seed_runs(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The single-seed runs a stored algorithm entry summarizes (an entry from before seeds accumulated is one)."""
-    return [] if entry is None else entry.get("runs", [entry])
+    """The single-seed runs a stored algorithm entry summarizes (an entry from before seeds accumulated is one),
+    each with the fields it predates filled in."""
+    return [] if entry is None else [{**BEFORE_RECORDED, **run} for run in entry.get("runs", [entry])]
 
 
 def over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -255,7 +256,7 @@ def over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     offline success in the first 20k of any seed. One run is its own entry."""
     if len(runs) == 1:
         return runs[0]
-    runs = sorted(runs, key=lambda r: r.get("seed", 0))
+    runs = sorted(runs, key=lambda r: r["seed"])
     steps = [c["online_env_steps"] for c in runs[0]["curve"]]
     if any([c["online_env_steps"] for c in r["curve"]] != steps for r in runs):
         raise SystemExit(f"{NAME}: seeds {[r['seed'] for r in runs]} of one recipe evaluated at different steps")
@@ -265,7 +266,7 @@ def over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     lowest = [r["min_success_first_20k"] for r in runs]
     dips = [] if None in lowest else [r["offline_success"] - low for r, low in zip(runs, lowest, strict=True)]
-    return {**recipe(runs[-1]), "seeds": [r.get("seed", 0) for r in runs], "runs": runs,
+    return {**recipe(runs[-1]), "seeds": [r["seed"] for r in runs], "runs": runs,
             "offline_success": mean([r["offline_success"] for r in runs]),
             "final_success": mean([r["final_success"] for r in runs]),
             "min_success_first_20k": mean(lowest) if dips else None,
