@@ -77,11 +77,6 @@ class FusedAdam(torch.optim.Adam):
         return None
 
 
-def adam(params: Iterable[Tensor], lr: float) -> FusedAdam:
-    """Adam with the fused kernel (one pass over all parameters; the same update as the default, to rounding)."""
-    return FusedAdam(params, lr=lr)
-
-
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """No parameter gradients for ``module`` inside the block (gradients still flow through it to its inputs):
@@ -146,8 +141,8 @@ class SoftActor:
         self.actor = actor.to(device)
         self.log_alpha = torch.tensor(math.log(init_alpha), device=device, requires_grad=True)
         self.target_entropy = float(target_entropy)
-        self.optimizers = {"actor": adam(actor.trainable_parameters(), actor_lr),
-                           "alpha": adam([self.log_alpha], alpha_lr)}
+        self.optimizers = {"actor": FusedAdam(actor.trainable_parameters(), actor_lr),
+                           "alpha": FusedAdam([self.log_alpha], alpha_lr)}
 
     @property
     def alpha(self) -> Tensor:

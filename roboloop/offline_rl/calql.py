@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import SoftActor, Trainables, adam
+from roboloop.offline_rl.agent_state import FusedAdam, SoftActor, Trainables
 from roboloop.offline_rl.losses import (
     calibrate,
     conservative_penalty,
@@ -120,7 +120,7 @@ class CalQL:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.trainables = Trainables(
             networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
-            optimizers={"critic": adam(self.critic.parameters(), cfg.critic_lr), **self.soft.optimizers},
+            optimizers={"critic": FusedAdam(self.critic.parameters(), cfg.critic_lr), **self.soft.optimizers},
             tensors={"log_alpha": self.soft.log_alpha})
 
     @property

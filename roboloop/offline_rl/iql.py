@@ -28,7 +28,7 @@ from torch.distributions import Normal
 
 from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
-from roboloop.offline_rl.agent_state import Trainables, adam, frozen
+from roboloop.offline_rl.agent_state import FusedAdam, Trainables, frozen
 from roboloop.offline_rl.losses import (
     action_distance,
     advantage_weights,
@@ -119,9 +119,9 @@ class IQL:
         self.trainables = Trainables(
             networks={"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
                       "value": self.value},
-            optimizers={"actor": adam(actor.trainable_parameters(), cfg.actor_lr),
-                        "critic": adam(self.critic.parameters(), cfg.critic_lr),
-                        "value": adam(self.value.parameters(), cfg.value_lr)})
+            optimizers={"actor": FusedAdam(actor.trainable_parameters(), cfg.actor_lr),
+                        "critic": FusedAdam(self.critic.parameters(), cfg.critic_lr),
+                        "value": FusedAdam(self.value.parameters(), cfg.value_lr)})
 
     def update(self, batch: Transitions) -> dict[str, float]:
         """One step on a batch of B transitions; returns the losses and diagnostics as floats."""
