@@ -92,6 +92,15 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def as_floats(metrics: dict[str, Tensor]) -> dict[str, float]:
+    """An update's 0-d metric tensors as floats, read in one device-to-host copy: each ``.item()`` waits for the
+    device's queue to drain, and an update reading its metrics one by one waited five to eight times (on a GPU,
+    where the CPU queues kernels ahead of the device, every wait stalls that queueing)."""
+    with torch.no_grad():
+        values = torch.stack([m.float() for m in metrics.values()]).tolist()
+    return dict(zip(metrics, values, strict=True))
+
+
 def optimizer_step(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
     """One backward of ``loss``, then a step of each optimizer (several when ``loss`` sums losses whose parameters
     do not overlap, each already detached from the others' inputs)."""
@@ -150,7 +159,7 @@ class SoftActor:
 
     def update(self, obs: Tensor, critic: nn.Module, reduce: Callable[[Tensor], Tensor], *,
                data_actions: Tensor | None = None, bc_alpha: float | None = None,
-               q_at_mode: bool = False) -> dict[str, float]:
+               q_at_mode: bool = False) -> dict[str, Tensor]:
         """One actor step against ``reduce(critic(obs, actions) (E, B)) -> (B,)`` (the critic's weights get no
         gradient), then one temperature step. With ``bc_alpha``, the actor's objective is TD3+BC's: SAC's, scaled
         by ``bc_alpha / mean|Q|``, plus the squared distance of the actor's mode to ``data_actions`` (B, A).
@@ -158,9 +167,11 @@ class SoftActor:
         ``q_at_mode`` (with ``bc_alpha``) is DDPG+BC for the mode: the mode climbs Q at the mode, the action
         evaluations run, while the spread keeps SAC's objective at samples drawn around the mode held fixed.
         Without that second part nothing would pull the entropy down to its target (the temperature only ever
-        pushes it up), and Cal-QL's backup, at a' ~ pi(s'), would value a near-uniform policy."""
+        pushes it up), and Cal-QL's backup, at a' ~ pi(s'), would value a near-uniform policy.
+
+        Returns the metrics as detached 0-d tensors (the caller reads them with its own in ``as_floats``)."""
         alpha = self.alpha.detach()
-        stats: dict[str, float] = {}
+        stats: dict[str, Tensor] = {}
         if bc_alpha is None:
             if q_at_mode:
                 raise ConfigError("SoftActor.update: q_at_mode is DDPG+BC's extraction and needs bc_alpha")
@@ -184,9 +195,9 @@ class SoftActor:
                     q = reduce(critic(obs, actions))
                 rl_loss = alpha * log_probs - q
             actor_loss = bc_regularized_actor_loss(rl_loss, q, mode, data_actions, bc_alpha)
-            stats["bc_distance"] = action_distance(mode, data_actions).item()
+            stats["bc_distance"] = action_distance(mode, data_actions).detach()
         alpha_loss = temperature_loss(self.log_alpha, log_probs, self.target_entropy)
         # One backward for both: the actor's loss sees alpha detached and the temperature's sees log pi detached,
         # so each optimizer gets exactly the gradient of its own loss (the same steps as two backwards, cheaper).
         optimizer_step(actor_loss + alpha_loss, self.optimizers["actor"], self.optimizers["alpha"])
-        return {"actor_loss": actor_loss.item(), "entropy": -log_probs.mean().item(), **stats}
+        return {"actor_loss": actor_loss.detach(), "entropy": -log_probs.detach().mean(), **stats}

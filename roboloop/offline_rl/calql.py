@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import FusedAdam, SoftActor, Trainables
+from roboloop.offline_rl.agent_state import FusedAdam, SoftActor, Trainables, as_floats
 from roboloop.offline_rl.losses import (
     calibrate,
     conservative_penalty,
@@ -127,8 +127,8 @@ class CalQL:
     def alpha(self) -> Tensor:
         return self.soft.alpha
 
-    def conservative_term(self, batch: Transitions, q_data: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The (calibrated) conservative penalty, summed over the two critics, and diagnostics."""
+    def conservative_term(self, batch: Transitions, q_data: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The (calibrated) conservative penalty, summed over the two critics, and diagnostics (0-d tensors)."""
         cfg = self.cfg
         obs, next_obs = batch.obs.to(self.device), batch.next_obs.to(self.device)
         B, n = obs.shape[0], cfg.n_actions
@@ -140,19 +140,18 @@ class CalQL:
         q_pi, log_pi = self._policy_q_at(obs, obs, n)
         # pi(s') evaluated at s, as CQL's reference implementation does: more actions near the policy's support.
         next_actions_q, log_pi_next = self._policy_q_at(obs, next_obs, n)
-        stats: dict[str, float] = {}
+        stats: dict[str, Tensor] = {}
         if cfg.calibrated:
             reference = batch.mc_returns.to(self.device)
-            known = ~torch.isnan(reference)
-            stats["calibrated_fraction"] = (
-                (q_pi < reference[None, :, None]) & known[None, :, None]).float().mean().item() if known.any() else 0.0
+            # Where the return is unknown (NaN) the comparison is false: those count as not calibrated.
+            stats["calibrated_fraction"] = (q_pi < reference[None, :, None]).float().mean()
             q_pi, next_actions_q = calibrate(q_pi, reference), calibrate(next_actions_q, reference)
         q_sampled = torch.cat([q_uniform, q_pi, next_actions_q], dim=2)  # (E, B, 3n)
         log_densities = torch.cat([log_uniform, log_pi, log_pi_next], dim=1)  # (B, 3n)
         penalty = torch.stack([conservative_penalty(q_data[e], q_sampled[e], log_densities, cfg.cql_temperature)
                                for e in range(q_sampled.shape[0])]).sum()
-        stats["q_uniform"] = q_uniform.mean().item()
-        stats["q_policy"] = q_pi.mean().item()
+        stats["q_uniform"] = q_uniform.detach().mean()
+        stats["q_policy"] = q_pi.detach().mean()
         return penalty, stats
 
     def _policy_q_at(self, obs: Tensor, action_obs: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -193,8 +192,8 @@ class CalQL:
                                        bc_alpha=cfg.bc_alpha, q_at_mode=cfg.extraction == "ddpg_bc")
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
-        return {"td_loss": td_loss.item(), "conservative_penalty": penalty.item(), "alpha": self.alpha.item(),
-                "q_data": q_data.mean().item(), **actor_stats, **stats}
+        return as_floats({"td_loss": td_loss.detach(), "conservative_penalty": penalty.detach(),
+                          "alpha": self.alpha.detach(), "q_data": q_data.detach().mean(), **actor_stats, **stats})
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides the replay data: networks, targets, optimizers, temperature."""

@@ -28,7 +28,7 @@ from torch.distributions import Normal
 
 from roboloop.core.errors import ConfigError
 from roboloop.core.policy import Actor
-from roboloop.offline_rl.agent_state import FusedAdam, Trainables, frozen
+from roboloop.offline_rl.agent_state import FusedAdam, Trainables, as_floats, frozen
 from roboloop.offline_rl.losses import (
     action_distance,
     advantage_weights,
@@ -149,7 +149,7 @@ class IQL:
             weights = advantage_weights(advantage, cfg.temperature, cfg.max_weight)
             log_prob, _ = self.actor.evaluate(obs, actions)
             actor_loss = -(weights * log_prob).mean()
-            actor_stats = {"weight_mean": weights.mean().item()}
+            actor_stats = {"weight_mean": weights.mean()}
         else:
             # --- actor: DDPG+BC, the mean action up the critics' mean Q (just updated), near the data's action
             raw_mean, log_std = self.actor(obs)
@@ -159,14 +159,13 @@ class IQL:
             # The std learns the data's spread around the mean (the mean gets no gradient from this term).
             spread = -Normal(raw_mean.detach(), log_std.exp()).log_prob(actions).sum(-1).mean()
             actor_loss = bc_regularized_actor_loss(-q_policy, q_policy, mean, actions, cfg.bc_alpha) + spread
-            actor_stats = {"q_policy": q_policy.mean().item(),
-                           "bc_distance": action_distance(mean, actions).item()}
+            actor_stats = {"q_policy": q_policy.detach().mean(), "bc_distance": action_distance(mean, actions).detach()}
         self.trainables.step("actor", actor_loss)
 
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
-        return {"value_loss": value_loss.item(), "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "q_mean": q.mean().item(), "value_mean": value.mean().item(),
-                "advantage_mean": advantage.mean().item(), **actor_stats}
+        return as_floats({"value_loss": value_loss.detach(), "critic_loss": critic_loss.detach(),
+                          "actor_loss": actor_loss.detach(), "q_mean": q.detach().mean(),
+                          "value_mean": value.detach().mean(), "advantage_mean": advantage.mean(), **actor_stats})
 
     def _bounded(self, actions: Tensor) -> Tensor:
         """Actions (B, A) clamped into the action bounds, where given (the gradient passes inside them)."""

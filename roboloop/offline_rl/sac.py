@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from roboloop.core.errors import ConfigError
-from roboloop.offline_rl.agent_state import FusedAdam, SoftActor, Trainables
+from roboloop.offline_rl.agent_state import FusedAdam, SoftActor, Trainables, as_floats
 from roboloop.offline_rl.losses import ensemble_td_loss, td_target
 from roboloop.offline_rl.networks import QEnsemble, soft_update
 from roboloop.offline_rl.replay import Transitions
@@ -117,12 +117,11 @@ class SAC:
         critic_loss = ensemble_td_loss(q, target)
         self.trainables.step("critic", critic_loss)
         soft_update(self.critic_target, self.critic, cfg.target_update_rate)
-        metrics = {"critic_loss": critic_loss.item(), "q_mean": q.mean().item(), "alpha": self.alpha.item()}
-        if not update_actor:
-            return metrics
-
-        # --- actor against the ensemble's mean Q (RLPD), temperature toward the entropy target
-        return {**metrics, **self.soft.update(obs, self.critic, lambda q: q.mean(dim=0))}
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean(), "alpha": self.alpha.detach()}
+        if update_actor:
+            # --- actor against the ensemble's mean Q (RLPD), temperature toward the entropy target
+            metrics |= self.soft.update(obs, self.critic, lambda q: q.mean(dim=0))
+        return as_floats(metrics)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs besides the replay data: networks, targets, optimizers, temperature."""
