@@ -120,8 +120,10 @@ def _flat_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
 def build_agent(cfg: TrainOfflineConfig, spec: PolicySpec) -> tuple[RLActorPolicy, IQL | CalQL | SAC]:
     """The actor policy (what gets saved and evaluated) and the algorithm that trains its actor."""
     actor_type = "gaussian" if cfg.algo == "iql" else "tanh_gaussian"
+    # The whole policy goes to the device, not only the actor the algorithm trains: evaluation sends observations
+    # to the policy's device (that of its action bounds), and the actor must be there too.
     policy = RLActorPolicy(RLActorConfig(obs_keys=list(spec.obs_shapes), actor=actor_type,
-                                         hidden_dims=list(cfg.actor_hidden_dims)), spec)
+                                         hidden_dims=list(cfg.actor_hidden_dims)), spec).to(cfg.device)
     if cfg.algo == "iql":
         low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
         return policy, IQL(policy.actor, policy.obs_dim, spec.action_dim, cfg.iql, cfg.device, action_low=low,

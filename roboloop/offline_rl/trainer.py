@@ -48,6 +48,7 @@ EvaluateFn = Callable[[nn.Module, int], dict[str, float]]  # (actor, total updat
 
 class Agent(Protocol):
     actor: nn.Module
+    device: torch.device  # where the actor and the critics live (the online phase's observations go there)
 
     def update(self, batch: Transitions) -> dict[str, float]: ...
 
@@ -227,7 +228,8 @@ class OffPolicyTrainer:
         """The online phase's actions (N, A) for observations (N, D), in the action space (``exploration_noise``)."""
         noise = self.cfg.exploration_noise
         with torch.no_grad():
-            out = self.agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32), deterministic=noise is not None)
+            out = self.agent.actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=self.agent.device),
+                                          deterministic=noise is not None)
         action = out.env_action.cpu()
         if noise:
             action = action + noise * torch.randn(action.shape, generator=generator)

@@ -203,14 +203,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global torch, NumPy and Python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
+    """The global torch (CPU, and CUDA once this process has used it), NumPy and Python RNG states, in a form
+    ``torch.load(weights_only=True)`` reads. A run on a GPU draws its sampling noise from the CUDA generators, so
+    without theirs a resumed run would not repeat the uninterrupted one."""
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]), "python": random.getstate()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    # A state saved on another machine may hold more (or no) CUDA generators: restore those both have.
+    if "cuda" in state and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate(state["python"])
 

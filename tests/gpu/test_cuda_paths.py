@@ -16,8 +16,11 @@ from roboloop.core.checkpoint import load_policy
 from roboloop.offline_rl import ReplayBuffer
 from roboloop.offline_rl.calql import CalQL, CalQLConfig
 from roboloop.offline_rl.iql import IQL, IQLConfig
+from roboloop.offline_rl.sac import SAC, SACConfig
+from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
 from roboloop.policies.gaussian_mlp import GaussianMLP
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
+from tests.smoke.test_offpolicy_trainer import random_point_mass_data
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -157,3 +160,25 @@ def test_calql_updates_on_cuda_train_and_round_trip() -> None:
                 CalQLConfig(hidden_dims=[32], n_actions=4), "cpu")
     cpu.load_state_dict(agent.state_dict())
     _close(cpu.critic.state_dict(), agent.critic.state_dict(), rtol=0.0)
+
+
+def test_an_off_policy_run_on_cuda_resumes_exactly(tmp_path: Path) -> None:
+    """RLPD-style SAC on the GPU (its noise from the CUDA generator), killed halfway and resumed: the same weights as
+    the run that was not interrupted. (Online episodes in progress are not checkpointed, so the offline phase is
+    where a resume repeats the run exactly.)"""
+
+    def run(out: Path, offline_steps: int, resume: bool = False) -> SAC:
+        torch.manual_seed(0)
+        agent = SAC(TanhGaussianMLP(2, 1, hidden_dims=(16,)), 2, 1,
+                    SACConfig(n_critics=3, target_subset=2, hidden_dims=[16]), "cuda")
+        cfg = OffPolicyConfig(offline_steps=offline_steps, batch_size=32, log_every=5, eval_every=0,
+                              checkpoint_every=5, progress=False, resume=resume)
+        OffPolicyTrainer(agent, random_point_mass_data(), cfg, out).learn()
+        return agent
+
+    uninterrupted = run(tmp_path / "full", offline_steps=20)
+    run(tmp_path / "split", offline_steps=10)
+    resumed = run(tmp_path / "split", offline_steps=20, resume=True)
+    assert all(p.is_cuda for p in resumed.critic.parameters())
+    for a, b in zip(resumed.critic.parameters(), uninterrupted.critic.parameters(), strict=True):
+        assert torch.equal(a, b)
