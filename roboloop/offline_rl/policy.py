@@ -186,8 +186,11 @@ class SteeredPolicy(Policy):
         if critic.action_dim != base.spec.action_dim:
             raise InputError(f"the critic scores {critic.action_dim}-dim actions, the policy outputs "
                              f"{base.spec.action_dim}")
-        self.base, self.critic, self.critic_obs_keys = base, critic.to(base.device), list(obs_keys)
+        self.base, self.critic, self.critic_obs_keys = base, critic, list(obs_keys)
         self.normalizer.load_state_dict(base.normalizer.state_dict())
+        # All of it where the base is: the critic, and this policy's own buffers, whose device is where the
+        # evaluation sends observations (``Policy.device``).
+        self.to(base.device)
 
     @torch.no_grad()
     def scores(self, obs: Batch, candidates: Tensor) -> Tensor:
