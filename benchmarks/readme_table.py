@@ -144,6 +144,15 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      f"update (10 LayerNorm critics) for reference",
                      f"{f['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
                      f"{f['rlpd_over_sb3']:.2f}x", "≥ 1.5x", _status(r["targets"]), _command("sac_vs_sb3")))
+    if (r := _load("sac_vs_sb3_cuda")) is not None:
+        f, m = r["figures"], r["machine"]
+        rates = f["gradient_steps_per_second"]
+        rows.append((f"the same on a GPU: both updates on one {f['device']} (a {m['cpu_count']}-core "
+                     f"{m['cpu_model']} host, torch {m['versions']['torch']}), {f['repeats']} alternating rounds "
+                     f"(commit {r['commit']})",
+                     f"{f['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
+                     f"{f['rlpd_over_sb3']:.2f}x", "≥ 1.5x", _status(r["targets"]),
+                     "`.venv/bin/python benchmarks/sac_vs_sb3.py --device cuda --repeats 5`"))
     if (r := _load("offline_rl")) is not None:
         rows += _offline_rows(r)
     if (r := _load("vgps")) is not None:
