@@ -1,5 +1,6 @@
 """A 1-D point mass that must reach 0: the smallest continuous-control task PPO tests can learn in seconds
-(stable-baselines3's IdentityEnv idea), shared by the PPO unit, resume and learning tests."""
+(stable-baselines3's IdentityEnv idea), shared by the PPO unit, resume and learning tests; and a replay buffer of
+its random-action transitions for the off-policy trainer's tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+
+from roboloop.offline_rl import ReplayBuffer
 
 STEP_SIZE = 0.2
 GOAL_RADIUS = 0.1
@@ -68,3 +71,17 @@ def mean_return(act: Callable[[np.ndarray], np.ndarray], n_episodes: int = 30) -
             done = terminated or truncated
         returns.append(total)
     return float(np.mean(returns))
+
+
+def random_point_mass_data(n: int = 400, seed: int = 0) -> ReplayBuffer:
+    """Random-action transitions of the point mass (reward -|x'|), cut every 20 steps (truncated)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, n)
+    t = np.tile(np.arange(20), n // 20)[:n]
+    a = rng.uniform(-1, 1, n)
+    x_next = x + STEP_SIZE * a
+    obs = np.stack([x, t / 20], 1).astype(np.float32)
+    next_obs = np.stack([x_next, (t + 1) / 20], 1).astype(np.float32)
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=n)
+    buffer.add(obs, a[:, None].astype(np.float32), -np.abs(x_next), next_obs, np.zeros(n, bool), t == 19)
+    return buffer

@@ -20,7 +20,7 @@ from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
 from roboloop.policies.gaussian_mlp import GaussianMLP
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
-from tests.smoke.test_offpolicy_trainer import random_point_mass_data
+from tests.point_mass import random_point_mass_data
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -16,21 +16,7 @@ from roboloop.offline_rl.sac import SAC, SACConfig
 from roboloop.offline_rl.trainer import OffPolicyConfig, OffPolicyTrainer
 from roboloop.policies.gaussian_mlp import GaussianMLP
 from roboloop.policies.tanh_gaussian import TanhGaussianMLP
-from tests.point_mass import STEP_SIZE, make_envs
-
-
-def random_point_mass_data(n: int = 400, seed: int = 0) -> ReplayBuffer:
-    """Random-action transitions of the point mass (reward -|x'|), cut every 20 steps (truncated)."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, n)
-    t = np.tile(np.arange(20), n // 20)[:n]
-    a = rng.uniform(-1, 1, n)
-    x_next = x + STEP_SIZE * a
-    obs = np.stack([x, t / 20], 1).astype(np.float32)
-    next_obs = np.stack([x_next, (t + 1) / 20], 1).astype(np.float32)
-    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=n)
-    buffer.add(obs, a[:, None].astype(np.float32), -np.abs(x_next), next_obs, np.zeros(n, bool), t == 19)
-    return buffer
+from tests.point_mass import make_envs, random_point_mass_data
 
 
 def iql_agent() -> IQL:
