@@ -49,6 +49,13 @@ def _threshold(target: dict[str, Any], fmt: Callable[[Any], str] = _number) -> s
     return f"{op} {fmt(target['threshold'])}"
 
 
+def _sac_speed(figures: dict[str, Any]) -> str:
+    """A sac_vs_sb3 result's ratio and rates, and the RLPD update's ratio."""
+    rates = figures["gradient_steps_per_second"]
+    return (f"{figures['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
+            f"{figures['rlpd_over_sb3']:.2f}x")
+
+
 def _rows() -> list[tuple[str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str]] = []
     if (r := _load("env_contract")) is not None:
@@ -138,20 +145,16 @@ def _rows() -> list[tuple[str, str, str, str, str]]:
                      _status(r["targets"]), _command("ppo_halfcheetah")))
     if (r := _load("sac_vs_sb3")) is not None:
         f = r["figures"]
-        rates = f["gradient_steps_per_second"]
         rows.append((f"our SAC update ÷ stable-baselines3 SAC, gradient steps/s, same networks {f['hidden_dims']}, "
                      f"batch {f['batch_size']}, {f['torch_threads']} torch threads (commit {r['commit']}); our RLPD "
                      f"update (10 LayerNorm critics) for reference",
-                     f"{f['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
-                     f"{f['rlpd_over_sb3']:.2f}x", "≥ 1.5x", _status(r["targets"]), _command("sac_vs_sb3")))
+                     _sac_speed(f), "≥ 1.5x", _status(r["targets"]), _command("sac_vs_sb3")))
     if (r := _load("sac_vs_sb3_cuda")) is not None:
         f, m = r["figures"], r["machine"]
-        rates = f["gradient_steps_per_second"]
         rows.append((f"the same on a GPU: both updates on one {f['device']} (a {m['cpu_count']}-core "
                      f"{m['cpu_model']} host, torch {m['versions']['torch']}), {f['repeats']} alternating rounds "
                      f"(commit {r['commit']})",
-                     f"{f['speed_ratio']:.2f}x ({rates['ours (SAC)']:.0f} vs {rates['sb3 (SAC)']:.0f}/s); RLPD "
-                     f"{f['rlpd_over_sb3']:.2f}x", "≥ 1.5x", _status(r["targets"]),
+                     _sac_speed(f), "≥ 1.5x", _status(r["targets"]),
                      "`.venv/bin/python benchmarks/sac_vs_sb3.py --device cuda --repeats 5`"))
     if (r := _load("offline_rl")) is not None:
         rows += _offline_rows(r)
